@@ -1,0 +1,191 @@
+"""Build torchvision detectors (Mask R-CNN, Faster R-CNN, RetinaNet, FCOS) over the SRF FPN.
+
+Every size (backbone depth, FPN width, image size, anchors, RPN/RoI sampling) comes from a
+:class:`srfkit.profiles.Profile`; ``build_detector(..., **overrides)`` changes profile fields for
+one model (for example ``image_size=profile.image_size // 2`` for the degraded path, since
+torchvision's transform would otherwise resize a half-size image straight back up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from ..models.fpn import SRFFeaturePyramidNetwork
+from ..models.upsamplers import UPSAMPLERS
+from ..profiles import Profile, get_profile
+
+__all__ = ["ARCHS", "FeatureExtractor", "build_backbone", "build_detector", "get_fpn"]
+
+ARCHS = ("mask_rcnn", "faster_rcnn", "retinanet", "fcos")
+NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
+    "group": partial(nn.GroupNorm, 32),
+    "batch": nn.BatchNorm2d,
+    "frozen": FrozenBatchNorm2d,
+}
+# FCOS assigns one anchor per location whose size is the level's stride (torchvision's choice).
+FCOS_ANCHOR_SIZES = ((8,), (16,), (32,), (64,), (128,))
+
+
+def _resnet(profile: Profile, weights_backbone: str | Path | None) -> nn.Module:
+    if profile.norm not in NORM_LAYERS:
+        raise ValueError(f"unknown norm {profile.norm!r}; valid: {', '.join(NORM_LAYERS)}")
+    if profile.backbone not in torchvision.models.list_models(module=torchvision.models) or not profile.backbone.startswith(
+        ("resnet", "resnext", "wide_resnet")
+    ):
+        raise ValueError(f"backbone {profile.backbone!r} is not a torchvision ResNet")
+    body = torchvision.models.get_model(profile.backbone, weights=None, norm_layer=NORM_LAYERS[profile.norm])
+    if weights_backbone is not None:
+        path = Path(weights_backbone)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights file not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = body.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{path}: does not match {profile.backbone} with norm={profile.norm!r}; "
+                f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+            )
+    # Freeze the stem and early stages as torchvision does; trainable_layers=5 trains everything.
+    trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][: profile.trainable_layers]
+    if profile.trainable_layers == 5:
+        trainable.append("bn1")
+    for name, param in body.named_parameters():
+        if not name.startswith(tuple(trainable)):
+            param.requires_grad_(False)
+    return body
+
+
+def build_backbone(
+    profile: str | Profile = "quick",
+    upsampler: str | nn.Module = "nearest",
+    returned_layers: tuple[int, ...] = (1, 2, 3, 4),
+    extra_blocks: nn.Module | None = None,
+    weights_backbone: str | Path | None = None,
+    upsampler_kwargs: dict | None = None,
+) -> BackboneWithFPN:
+    """ResNet + SRF FPN. Input (N, 3, H, W); output ``OrderedDict`` of (N, C, H/s, W/s).
+
+    With ``returned_layers=(1, 2, 3, 4)`` and the default max-pool extra block the levels are
+    ``"0".."3"`` (P2-P5, strides 4-32) and ``"pool"`` (P6, stride 64).
+    """
+    profile = get_profile(profile)
+    body = _resnet(profile, weights_backbone)
+    stage2_channels = body.inplanes // 8  # 64 for BasicBlock ResNets, 256 for Bottleneck ones
+    in_channels_list = [stage2_channels * 2 ** (i - 1) for i in returned_layers]
+    return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned_layers)}
+    extra_blocks = LastLevelMaxPool() if extra_blocks is None else extra_blocks
+    backbone = BackboneWithFPN(body, return_layers, in_channels_list, profile.fpn_channels, extra_blocks)
+    backbone.fpn = SRFFeaturePyramidNetwork(
+        in_channels_list,
+        profile.fpn_channels,
+        upsampler=upsampler,
+        extra_blocks=extra_blocks,
+        upsampler_kwargs=upsampler_kwargs,
+    )
+    return backbone
+
+
+def build_detector(
+    arch: str,
+    num_classes: int,
+    upsampler: str | nn.Module = "nearest",
+    profile: str | Profile = "quick",
+    weights_backbone: str | Path | None = None,
+    upsampler_kwargs: dict | None = None,
+    **overrides,
+) -> nn.Module:
+    """A torchvision detector whose FPN upsamples with ``upsampler``.
+
+    Args:
+        arch: ``mask_rcnn``, ``faster_rcnn``, ``retinanet`` or ``fcos``.
+        num_classes: classes including the background index 0 (torchvision's convention; the
+            one-stage heads simply never predict index 0).
+        upsampler: registry name or module for the FPN top-down path.
+        profile: a profile or its name; ``overrides`` replace its fields for this model.
+        weights_backbone: optional local file with a ResNet state dict (never downloaded).
+        upsampler_kwargs: options of the registry upsampler (e.g. ``{"variant": "released"}``).
+
+    Returns:
+        The detector; ``model.backbone.fpn.upsampler`` is the upsampler module.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+    if isinstance(upsampler, str) and upsampler not in UPSAMPLERS:
+        raise ValueError(f"unknown upsampler {upsampler!r}; valid: {', '.join(UPSAMPLERS)}")
+    profile = get_profile(profile).replace(**overrides) if overrides else get_profile(profile)
+    common = dict(min_size=profile.image_size, max_size=profile.max_size)
+
+    if arch in ("mask_rcnn", "faster_rcnn"):
+        backbone = build_backbone(profile, upsampler, weights_backbone=weights_backbone, upsampler_kwargs=upsampler_kwargs)
+        anchors = AnchorGenerator(tuple((s,) for s in profile.anchor_sizes), ((0.5, 1.0, 2.0),) * len(profile.anchor_sizes))
+        cls = MaskRCNN if arch == "mask_rcnn" else FasterRCNN
+        return cls(
+            backbone,
+            num_classes=num_classes,
+            rpn_anchor_generator=anchors,
+            rpn_pre_nms_top_n_train=profile.rpn_pre_nms_top_n[0],
+            rpn_pre_nms_top_n_test=profile.rpn_pre_nms_top_n[1],
+            rpn_post_nms_top_n_train=profile.rpn_post_nms_top_n[0],
+            rpn_post_nms_top_n_test=profile.rpn_post_nms_top_n[1],
+            rpn_batch_size_per_image=profile.rpn_batch_size_per_image,
+            box_batch_size_per_image=profile.box_batch_size_per_image,
+            box_detections_per_img=profile.detections_per_img,
+            **common,
+        )
+
+    # One-stage heads: P3-P7 from C3-C5, P6/P7 computed from P5 (RetinaNet v2 / FCOS style).
+    c = profile.fpn_channels
+    backbone = build_backbone(
+        profile,
+        upsampler,
+        returned_layers=(2, 3, 4),
+        extra_blocks=LastLevelP6P7(c, c),
+        weights_backbone=weights_backbone,
+        upsampler_kwargs=upsampler_kwargs,
+    )
+    if arch == "retinanet":
+        sizes = tuple((2 * s, int(2 * s * 2 ** (1 / 3)), int(2 * s * 2 ** (2 / 3))) for s in profile.anchor_sizes)
+        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+        return RetinaNet(
+            backbone, num_classes, anchor_generator=anchors, detections_per_img=profile.detections_per_img, **common
+        )
+    anchors = AnchorGenerator(FCOS_ANCHOR_SIZES, ((1.0,),) * len(FCOS_ANCHOR_SIZES))
+    return FCOS(backbone, num_classes, anchor_generator=anchors, detections_per_img=profile.detections_per_img, **common)
+
+
+def get_fpn(model: nn.Module) -> SRFFeaturePyramidNetwork:
+    """The SRF FPN of a detector built by :func:`build_detector` (unwrapping DDP)."""
+    model = getattr(model, "module", model)
+    return model.backbone.fpn
+
+
+class FeatureExtractor(nn.Module):
+    """The multi-scale feature extractor F of a detector: normalise, backbone, FPN.
+
+    ``forward``: images (N, 3, H, W), RGB in [0, 1] -> ``OrderedDict`` of FPN levels
+    (N, C, H/s, W/s), without the detector's resize (so a half-size image stays half-size).
+    Normalisation uses the detector transform's own mean and std.
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        detector = getattr(detector, "module", detector)
+        self.backbone = detector.backbone
+        self.register_buffer("mean", torch.tensor(detector.transform.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(detector.transform.image_std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.backbone((images - self.mean) / self.std)

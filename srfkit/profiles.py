@@ -1,0 +1,195 @@
+"""Profiles: every size and schedule of a run in one object.
+
+Three profiles exist:
+
+* ``quick``: tests, nbval and CI. Tiny images and widths, a handful of steps per stage.
+  Its numbers mean nothing; it only proves that the code runs end to end.
+* ``cpu``: real results on 2 CPU cores. ResNet-18 FPN, small images, shipped data, several seeds.
+* ``paper``: a GPU box with COCO. ResNet-50 FPN, 256 channels, the paper's schedules.
+
+Nothing else in srfkit hard-codes a size or a schedule: code takes a :class:`Profile`
+(or its name) and reads the field it needs. ``profile.replace(field=value)`` gives a variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["Schedule", "Profile", "PROFILES", "get_profile"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimisation schedule of one training stage (SGD, momentum 0.9, weight decay 1e-4).
+
+    Attributes:
+        iters: number of optimiser steps.
+        lr: base learning rate after warm-up.
+        batch_size: images per step (per process under DDP).
+        warmup_iters: linear warm-up length in steps (factor 0.001 -> 1).
+        milestones: fractions of ``iters`` at which the learning rate is multiplied by 0.1.
+        checkpoint_every: write a checkpoint every this many steps (and at the end).
+    """
+
+    iters: int
+    lr: float
+    batch_size: int
+    warmup_iters: int
+    milestones: tuple[float, ...] = (2 / 3, 8 / 9)
+    checkpoint_every: int = 1000
+
+    def milestone_steps(self) -> list[int]:
+        """Milestones in steps, as ``torch.optim.lr_scheduler.MultiStepLR`` expects them."""
+        return [int(round(m * self.iters)) for m in self.milestones]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All sizes and schedules of one kind of run.
+
+    Attributes:
+        name: profile name (``quick``, ``cpu``, ``paper``).
+        backbone: torchvision ResNet name (``resnet18``, ``resnet50``, ...).
+        norm: backbone normalisation: ``group`` (GroupNorm 32, trains from scratch),
+            ``batch`` (trainable BatchNorm) or ``frozen`` (FrozenBatchNorm2d, for ImageNet weights).
+        trainable_layers: number of trainable ResNet stages (5 = all).
+        fpn_channels: FPN width C (256 in the paper).
+        image_size: shorter side, in pixels, that the detector transform resizes to (``min_size``).
+        max_size: longer side limit of the detector transform (``max_size``).
+        anchor_sizes: one anchor size per FPN level P2..P6, in pixels of the resized image.
+        rpn_pre_nms_top_n: proposals kept before NMS per level (train, test).
+        rpn_post_nms_top_n: proposals kept after NMS (train, test).
+        rpn_batch_size_per_image: anchors sampled per image for the RPN loss.
+        box_batch_size_per_image: RoIs sampled per image for the box/mask heads.
+        detections_per_img: detections kept per image at inference.
+        num_workers: DataLoader workers.
+        dataset_images: images generated per split for the synthetic ``shapes`` dataset (train, val).
+        guide, srf_gan, extractor, target: the schedules of stages 0-3.
+        seeds: seeds used by the experiment runner.
+        eval_images: cap on validation images for COCO AP (0 = all).
+    """
+
+    name: str
+    backbone: str
+    norm: str
+    trainable_layers: int
+    fpn_channels: int
+    image_size: int
+    max_size: int
+    anchor_sizes: tuple[int, ...]
+    rpn_pre_nms_top_n: tuple[int, int]
+    rpn_post_nms_top_n: tuple[int, int]
+    rpn_batch_size_per_image: int
+    box_batch_size_per_image: int
+    detections_per_img: int
+    num_workers: int
+    dataset_images: tuple[int, int]
+    guide: Schedule
+    srf_gan: Schedule
+    extractor: Schedule
+    target: Schedule
+    seeds: tuple[int, ...] = (0,)
+    eval_images: int = 0
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def replace(self, **changes) -> Profile:
+        """A copy with some fields changed; unknown field names raise ``TypeError``."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain-container form (for checkpoints and result files)."""
+        return dataclasses.asdict(self)
+
+    def schedule(self, stage: str) -> Schedule:
+        """The schedule of a stage by its name (``guide``, ``srf_gan``/``srf-gan``, ...)."""
+        key = stage.replace("-", "_")
+        if key not in ("guide", "srf_gan", "extractor", "target"):
+            raise ValueError(f"unknown stage {stage!r}; valid: guide, srf-gan, extractor, target")
+        return getattr(self, key)
+
+
+QUICK = Profile(
+    name="quick",
+    backbone="resnet18",
+    norm="group",
+    trainable_layers=5,
+    fpn_channels=32,
+    image_size=64,
+    max_size=64,
+    anchor_sizes=(8, 16, 32, 64, 128),
+    rpn_pre_nms_top_n=(200, 100),
+    rpn_post_nms_top_n=(50, 50),
+    rpn_batch_size_per_image=64,
+    box_batch_size_per_image=32,
+    detections_per_img=50,
+    num_workers=0,
+    dataset_images=(16, 8),
+    guide=Schedule(iters=6, lr=0.01, batch_size=2, warmup_iters=2, checkpoint_every=3),
+    srf_gan=Schedule(iters=6, lr=0.001, batch_size=2, warmup_iters=2, checkpoint_every=3),
+    extractor=Schedule(iters=6, lr=0.01, batch_size=2, warmup_iters=2, checkpoint_every=3),
+    target=Schedule(iters=6, lr=0.01, batch_size=2, warmup_iters=2, checkpoint_every=3),
+    seeds=(0,),
+    eval_images=8,
+)
+
+CPU = Profile(
+    name="cpu",
+    backbone="resnet18",
+    norm="group",
+    trainable_layers=5,
+    fpn_channels=128,
+    image_size=128,
+    max_size=128,
+    anchor_sizes=(8, 16, 32, 64, 128),
+    rpn_pre_nms_top_n=(600, 300),
+    rpn_post_nms_top_n=(300, 100),
+    rpn_batch_size_per_image=128,
+    box_batch_size_per_image=64,
+    detections_per_img=100,
+    num_workers=0,
+    dataset_images=(400, 100),
+    guide=Schedule(iters=600, lr=0.02, batch_size=8, warmup_iters=50, checkpoint_every=200),
+    srf_gan=Schedule(iters=300, lr=0.001, batch_size=8, warmup_iters=20, checkpoint_every=100),
+    extractor=Schedule(iters=300, lr=0.01, batch_size=8, warmup_iters=20, checkpoint_every=100),
+    target=Schedule(iters=600, lr=0.02, batch_size=8, warmup_iters=50, checkpoint_every=200),
+    seeds=(0, 1, 2),
+    eval_images=0,
+)
+
+# The paper's COCO schedules (section 4 and the authors' released configs), batch per process.
+PAPER = Profile(
+    name="paper",
+    backbone="resnet50",
+    norm="frozen",
+    trainable_layers=3,
+    fpn_channels=256,
+    image_size=800,
+    max_size=1333,
+    anchor_sizes=(32, 64, 128, 256, 512),
+    rpn_pre_nms_top_n=(2000, 1000),
+    rpn_post_nms_top_n=(2000, 1000),
+    rpn_batch_size_per_image=256,
+    box_batch_size_per_image=512,
+    detections_per_img=100,
+    num_workers=4,
+    dataset_images=(0, 0),
+    guide=Schedule(iters=90_000, lr=0.02, batch_size=2, warmup_iters=1000, checkpoint_every=5000),
+    srf_gan=Schedule(iters=150_000, lr=0.001, batch_size=1, warmup_iters=1000, checkpoint_every=5000),
+    extractor=Schedule(iters=180_000, lr=0.01, batch_size=1, warmup_iters=1000, checkpoint_every=5000),
+    target=Schedule(iters=270_000, lr=0.02, batch_size=2, warmup_iters=1000, checkpoint_every=5000),
+    seeds=(0,),
+    eval_images=0,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, CPU, PAPER)}
+
+
+def get_profile(profile: str | Profile) -> Profile:
+    """Return a :class:`Profile` given one or its name; unknown names list the valid ones."""
+    if isinstance(profile, Profile):
+        return profile
+    try:
+        return PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}") from None
