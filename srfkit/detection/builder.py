@@ -40,9 +40,9 @@ FCOS_ANCHOR_SIZES = ((8,), (16,), (32,), (64,), (128,))
 def _resnet(profile: Profile, weights_backbone: str | Path | None) -> nn.Module:
     if profile.norm not in NORM_LAYERS:
         raise ValueError(f"unknown norm {profile.norm!r}; valid: {', '.join(NORM_LAYERS)}")
-    if profile.backbone not in torchvision.models.list_models(module=torchvision.models) or not profile.backbone.startswith(
-        ("resnet", "resnext", "wide_resnet")
-    ):
+    if profile.backbone not in torchvision.models.list_models(
+        module=torchvision.models
+    ) or not profile.backbone.startswith(("resnet", "resnext", "wide_resnet")):
         raise ValueError(f"backbone {profile.backbone!r} is not a torchvision ResNet")
     body = torchvision.models.get_model(profile.backbone, weights=None, norm_layer=NORM_LAYERS[profile.norm])
     if weights_backbone is not None:
@@ -129,8 +129,12 @@ def build_detector(
     common = dict(min_size=profile.image_size, max_size=profile.max_size)
 
     if arch in ("mask_rcnn", "faster_rcnn"):
-        backbone = build_backbone(profile, upsampler, weights_backbone=weights_backbone, upsampler_kwargs=upsampler_kwargs)
-        anchors = AnchorGenerator(tuple((s,) for s in profile.anchor_sizes), ((0.5, 1.0, 2.0),) * len(profile.anchor_sizes))
+        backbone = build_backbone(
+            profile, upsampler, weights_backbone=weights_backbone, upsampler_kwargs=upsampler_kwargs
+        )
+        anchors = AnchorGenerator(
+            tuple((s,) for s in profile.anchor_sizes), ((0.5, 1.0, 2.0),) * len(profile.anchor_sizes)
+        )
         cls = MaskRCNN if arch == "mask_rcnn" else FasterRCNN
         return cls(
             backbone,
@@ -163,7 +167,9 @@ def build_detector(
             backbone, num_classes, anchor_generator=anchors, detections_per_img=profile.detections_per_img, **common
         )
     anchors = AnchorGenerator(FCOS_ANCHOR_SIZES, ((1.0,),) * len(FCOS_ANCHOR_SIZES))
-    return FCOS(backbone, num_classes, anchor_generator=anchors, detections_per_img=profile.detections_per_img, **common)
+    return FCOS(
+        backbone, num_classes, anchor_generator=anchors, detections_per_img=profile.detections_per_img, **common
+    )
 
 
 def get_fpn(model: nn.Module) -> SRFFeaturePyramidNetwork:

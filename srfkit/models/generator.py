@@ -34,9 +34,7 @@ def _lrelu() -> nn.LeakyReLU:
 def _conv3x3(in_ch: int, out_ch: int, depthwise: bool = False) -> nn.Module:
     if not depthwise:
         return nn.Conv2d(in_ch, out_ch, 3, padding=1)
-    return nn.Sequential(
-        nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch), nn.Conv2d(in_ch, out_ch, 1)
-    )
+    return nn.Sequential(nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch), nn.Conv2d(in_ch, out_ch, 1))
 
 
 class ResidualBlock(nn.Module):
@@ -62,8 +60,7 @@ class DenseBlock(nn.Module):
     def __init__(self, channels: int, growth: int = 32, res_scale: float = 0.2) -> None:
         super().__init__()
         self.convs = nn.ModuleList(
-            nn.Conv2d(channels + i * growth, growth if i < 4 else channels, 3, padding=1)
-            for i in range(5)
+            nn.Conv2d(channels + i * growth, growth if i < 4 else channels, 3, padding=1) for i in range(5)
         )
         self.res_scale = res_scale
         for conv in self.convs:
