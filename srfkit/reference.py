@@ -1,0 +1,79 @@
+"""The paper's reported COCO numbers, quoted so chapters can print them beside ours.
+
+Every value below is copied from Lee and Bae, *SRF-GAN* (tables named in each entry): COCO val2017,
+ResNet-50-FPN, Detectron2, 8 Titan Xp GPUs. They are reference values from the paper, never results
+of this code; chapters label them "paper (COCO)". Our own numbers come only from the files that
+``python -m srfkit experiments`` writes under ``data/results/<profile>/``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PAPER_TABLES", "paper_table"]
+
+PAPER_TABLES: dict[str, dict] = {
+    "table4_progressive": {
+        "caption": "Table 4. Effects of progressive learning (Mask R-CNN, R-50-FPN, COCO val2017).",
+        "columns": ["SRF-GAN", "Multi-scale SRF extractor", "Target detector", "AP box", "AP mask"],
+        "rows": {
+            "A1": ["", "", "", 38.6, 35.2],
+            "A2": ["yes", "", "yes", 39.4, 35.8],
+            "A3": ["yes", "yes", "", 32.1, 30.0],
+            "A4": ["yes", "yes", "yes (G frozen)", 39.9, 36.2],
+            "A5": ["yes", "yes", "yes", 41.2, 37.0],
+        },
+    },
+    "table5_interpolation": {
+        "caption": "Table 5. Interpolation methods for FPN (Mask R-CNN, R-50-FPN, COCO val2017).",
+        "columns": ["AP box", "AP mask"],
+        "rows": {
+            "nearest": [38.6, 35.2],
+            "bilinear": [38.6, 35.2],
+            "bicubic": [38.5, 35.1],
+            "srf": [41.2, 37.0],
+        },
+    },
+    "table6_degradation": {
+        "caption": "Table 6. Degradation functions for the low-resolution images.",
+        "columns": ["AP box", "AP mask"],
+        "rows": {"nearest": [41.0, 37.1], "bicubic": [41.2, 37.1], "bilinear": [41.2, 37.0]},
+    },
+    "table7_semantic_level": {
+        "caption": "Table 7. Semantic level matching in L_SRF(M, D, F).",
+        "columns": ["AP box", "AP mask"],
+        "rows": {"different": [39.6, 35.9], "same": [41.2, 37.0]},
+    },
+    "table3_cross_head": {
+        "caption": "Table 3. Target detectors trained with SRF extractors of different heads (COCO val2017).",
+        "columns": ["Target detector", "Extractor head", "AP box", "AP mask", "Time (ms)"],
+        "rows": {
+            "mask_rcnn/baseline": ["Mask R-CNN", "-", 38.6, 35.2, 72],
+            "mask_rcnn/mask_rcnn": ["Mask R-CNN", "Mask R-CNN", 41.2, 37.0, 118],
+            "mask_rcnn/retinanet": ["Mask R-CNN", "RetinaNet", 40.0, 36.2, 118],
+            "retinanet/baseline": ["RetinaNet", "-", 37.4, None, 88],
+            "retinanet/mask_rcnn": ["RetinaNet", "Mask R-CNN", 39.6, None, 101],
+            "retinanet/retinanet": ["RetinaNet", "RetinaNet", 38.2, None, 102],
+        },
+    },
+    "table1_detectors": {
+        "caption": "Table 1. Detectors with NN interpolation or SRF (G or M reused), 12 epochs, COCO val2017.",
+        "columns": ["Detector", "Interpolation", "Reuse", "AP box", "AP mask", "# Params", "Time (ms)"],
+        "rows": {
+            "retinanet/nearest": ["RetinaNet", "NN", "-", 37.4, None, "37M", 88],
+            "faster_rcnn/nearest": ["Faster R-CNN", "NN", "-", 37.9, None, "41M", 64],
+            "mask_rcnn/nearest": ["Mask R-CNN", "NN", "-", 38.6, 35.2, "44M", 72],
+            "retinanet/G": ["RetinaNet", "SRF", "G", 37.8, None, "47M", 101],
+            "faster_rcnn/G": ["Faster R-CNN", "SRF", "G", 38.9, None, "51M", 109],
+            "mask_rcnn/G": ["Mask R-CNN", "SRF", "G", 39.5, 35.8, "54M", 118],
+            "retinanet/M": ["RetinaNet", "SRF", "M", 39.6, None, "47M", 101],
+            "faster_rcnn/M": ["Faster R-CNN", "SRF", "M", 39.3, None, "51M", 109],
+            "mask_rcnn/M": ["Mask R-CNN", "SRF", "M", 41.2, 37.0, "54M", 118],
+        },
+    },
+}
+
+
+def paper_table(name: str) -> dict:
+    """One quoted table by key (``table4_progressive``, ``table5_interpolation``, ...)."""
+    if name not in PAPER_TABLES:
+        raise KeyError(f"no paper table {name!r}; valid: {', '.join(PAPER_TABLES)}")
+    return PAPER_TABLES[name]
