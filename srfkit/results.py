@@ -1,0 +1,106 @@
+"""Result files of real runs: ``data/results/<profile>/<experiment>.json``.
+
+Only the experiment runner (``python -m srfkit experiments``) writes them; chapters read them. Each file
+holds the metrics per seed, their mean and standard deviation, the profile, the git commit, the device
+and the wall time, so a reader can tell which run produced every number in the book.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "RESULTS_DIR",
+    "mean_std",
+    "provenance",
+    "results_path",
+    "write_result",
+    "load_result",
+    "available_results",
+]
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
+
+
+def results_path(profile: str, experiment: str, root: Path | None = None) -> Path:
+    """Where the result file of ``experiment`` run in ``profile`` lives."""
+    return Path(root or os.environ.get("SRFKIT_RESULTS_DIR", RESULTS_DIR)) / profile / f"{experiment}.json"
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value) of per-seed values."""
+    values = [float(v) for v in values]
+    if not values:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=RESULTS_DIR.parent.parent
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=RESULTS_DIR.parent.parent,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance() -> dict:
+    """Who and what produced a result: git commit, device, versions, host, UTC time."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    return {
+        "git_commit": _git_commit(),
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_result(profile: str, experiment: str, payload: dict, root: Path | None = None) -> Path:
+    """Write ``payload`` plus provenance atomically to the experiment's result file."""
+    path = results_path(profile, experiment, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"experiment": experiment, "profile": profile, **payload, "provenance": provenance()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(document, f, indent=1, sort_keys=False, allow_nan=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_result(profile: str, experiment: str, root: Path | None = None) -> dict | None:
+    """The result document, or ``None`` when that experiment has not been run in that profile."""
+    path = results_path(profile, experiment, root)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a valid result file ({err})") from err
+
+
+def available_results(profile: str, root: Path | None = None) -> list[str]:
+    """Experiments with a result file in ``profile``."""
+    folder = results_path(profile, "x", root).parent
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
