@@ -1,0 +1,60 @@
+"""Training: one loop, four stages (guide, SRF-GAN, extractor, target), checkpoints and loaders.
+
+Python API (what the book's chapters call)::
+
+    from srfkit.train import run_pipeline, train_guide, load_generator
+    results = run_pipeline("quick", "shapes", "runs/quick")      # {stage: StageResult}
+    G = load_generator(results["srf-gan"].out_dir)
+
+Each ``train_*`` takes ``(profile, dataset, out_dir, seed=0, resume=False, **stage_options,
+**loop_options)`` and returns a :class:`StageResult`; see the stage modules for their options and
+:class:`LoopOptions` for the loop's.
+"""
+
+from .checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from .common import (
+    discriminator_widths,
+    load_detector,
+    load_discriminator,
+    load_feature_extractor,
+    load_generator,
+    load_profile,
+    read_stage,
+)
+from .extractor import train_extractor
+from .guide import train_guide
+from .loop import LoopOptions, NonFiniteLossError, StageResult, train_loop
+from .pipeline import STAGES, run_pipeline, stage_dirs
+from .srf_gan import train_srf_gan
+from .target import train_target
+
+load_guide = load_detector
+load_extractor = load_detector
+load_target = load_detector
+
+__all__ = [
+    "CheckpointMismatchError",
+    "LoopOptions",
+    "NonFiniteLossError",
+    "STAGES",
+    "StageResult",
+    "discriminator_widths",
+    "load_checkpoint",
+    "load_detector",
+    "load_discriminator",
+    "load_extractor",
+    "load_feature_extractor",
+    "load_generator",
+    "load_guide",
+    "load_profile",
+    "load_target",
+    "read_stage",
+    "run_pipeline",
+    "save_checkpoint",
+    "stage_dirs",
+    "train_extractor",
+    "train_guide",
+    "train_loop",
+    "train_srf_gan",
+    "train_target",
+]

@@ -1,0 +1,125 @@
+"""Stage 0, the guide: a detector with ``nearest`` (or any) FPN upsampling on full-resolution images.
+
+Its backbone + FPN becomes the frozen feature extractor F of stages 1 and 2; it is also row A1 of
+the paper's ablation (Table 4). The same :class:`DetectorStage` trains stage 3's target detector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..detection import get_fpn
+from ..profiles import Profile, get_profile
+from .common import (
+    build_from_spec,
+    check_arch,
+    dataset_info,
+    default_arch,
+    detector_spec,
+    resolve_dataset,
+    upsampler_spec,
+)
+from .loop import LoopOptions, Stage, StageResult, seed_everything, train_loop
+
+__all__ = ["DetectorStage", "train_guide", "loop_options"]
+
+
+class DetectorStage(Stage):
+    """A detector trained with its own detection loss only (stages 0 and 3).
+
+    Args:
+        name: stage name (``guide`` or ``target``).
+        detector: the model; ``spec``: its :func:`~srfkit.train.common.detector_spec`.
+        freeze_upsampler: keep the FPN upsampler's weights fixed and in eval mode (Table 4, A4).
+        extra: more config entries (compared on resume); ``sources``: input folders (not compared).
+    """
+
+    ddp_modules = ("detector",)
+
+    def __init__(
+        self,
+        name: str,
+        detector: nn.Module,
+        spec: dict,
+        dataset: Dataset,
+        freeze_upsampler: bool = False,
+        extra: dict | None = None,
+        sources: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.modules = {"detector": detector}
+        self.spec, self.freeze_upsampler = spec, freeze_upsampler
+        self._config = {
+            "profile": spec["profile"],
+            "dataset": dataset_info(dataset),
+            "detector": spec,
+            "freeze_upsampler": freeze_upsampler,
+            **(extra or {}),
+        }
+        self._sources = sources or {}
+        if freeze_upsampler:
+            for p in get_fpn(detector).upsampler.parameters():
+                p.requires_grad_(False)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"detector": [p for p in self.modules["detector"].parameters() if p.requires_grad]}
+
+    def config(self) -> dict[str, Any]:
+        return self._config
+
+    def sources(self) -> dict[str, Any]:
+        return self._sources
+
+    def train_mode(self) -> None:
+        self.modules["detector"].train()
+        if self.freeze_upsampler:
+            get_fpn(self.modules["detector"]).upsampler.eval()
+
+    def step(self, batch, ctx) -> None:
+        images, targets = batch
+        with ctx.autocast():
+            losses = self.run["detector"](images, targets)
+        ctx.update("detector", losses)
+
+
+def loop_options(profile: Profile, options: dict) -> LoopOptions:
+    """:class:`LoopOptions` from keyword options (unknown names raise ``TypeError``)."""
+    opts = LoopOptions(**options)
+    if opts.num_workers is None:
+        opts.num_workers = profile.num_workers
+    return opts
+
+
+def train_guide(
+    profile: str | Profile,
+    dataset: str | Dataset,
+    out_dir: str | Path,
+    seed: int = 0,
+    resume: bool = False,
+    *,
+    arch: str | None = None,
+    upsampler: str = "nearest",
+    **options,
+) -> StageResult:
+    """Stage 0: train the guide detector (nearest upsampling by default) on full-resolution images.
+
+    Args:
+        profile: profile or its name; ``dataset``: a dataset object or a shipped dataset's name.
+        out_dir: the stage's folder (checkpoints, ``metrics.jsonl``, ``config.json``).
+        arch: detector family (default: ``mask_rcnn`` if the dataset has masks, else ``faster_rcnn``).
+        upsampler: FPN top-down upsampler (registry name).
+        **options: :class:`~srfkit.train.loop.LoopOptions` fields (``iters``, ``clip_grad``, ``device``, ...).
+    """
+    profile = get_profile(profile)
+    data = resolve_dataset(dataset, profile)
+    arch = arch or default_arch(data)
+    check_arch(arch, data)
+    seed_everything(seed)
+    spec = detector_spec(arch, data.num_classes, upsampler_spec(upsampler, profile), profile)
+    stage = DetectorStage("guide", build_from_spec(spec), spec, data)
+    return train_loop(stage, data, out_dir, profile.guide, seed, resume, loop_options(profile, options))

@@ -1,0 +1,183 @@
+"""Stage 1, SRF-GAN (paper Eq. 1-2): G and D trained alternately on pairs of guide features.
+
+For a batch of images I (resized as the detector would, padded to a multiple of 64):
+``I_lr = degrade(I, 0.5)``; per pyramid level i in P2-P5, the input is ``F(I_lr)_i`` and the target
+``F(I)_i`` (same level index, so the same semantic level; G doubles the size). Each step:
+
+1. D's update: BCE-with-logits of D(F(I)_i) against "real" plus D(G(F(I_lr)_i)) (detached) against
+   "fake", each a per-level mean, summed over levels.
+2. G's update: ``l1_weight * L1 + adv_weight * adversarial``, L1 a per-level mean of |G(x) - y|
+   (G's output cropped to the target's size), adversarial the BCE of D(G(x)) against "real", both
+   summed over the levels as in Eq. (2). With ``adversarial_grad=False`` D sees a detached G(x):
+   the authors' released training code does this, so G then learns from L1 only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..detection import FeatureExtractor
+from ..profiles import Profile, get_profile
+from .common import (
+    ADV_WEIGHT,
+    SRF_LEVELS,
+    LevelMap,
+    build_discriminator,
+    build_upsampler,
+    dataset_info,
+    degrade,
+    discriminator_loss,
+    frozen,
+    generator_spec,
+    load_feature_extractor,
+    pad_batch,
+    pyramid_keys,
+    read_stage,
+    resize_to_profile,
+    resolve_dataset,
+    srf_losses,
+)
+from .guide import loop_options
+from .loop import Stage, StageResult, seed_everything, train_loop
+
+__all__ = ["SRFGANStage", "train_srf_gan"]
+
+
+class SRFGANStage(Stage):
+    """G and D of SRF-GAN over a frozen feature extractor F.
+
+    Args:
+        generator: G (``forward(x, size)``); ``generator_cfg``: its spec.
+        discriminator: D; ``extractor``: F (frozen here).
+        profile: sizes; ``dataset``: for the config.
+        l1_weight, adv_weight: weights of the L1 and adversarial terms in G's loss (1 and 1e-3).
+        adversarial_grad: let the adversarial term's gradient reach G (False: the authors' code).
+    """
+
+    name = "srf-gan"
+    ddp_modules = ("G", "D")
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        generator_cfg: dict,
+        discriminator: nn.Module,
+        extractor: FeatureExtractor,
+        profile: Profile,
+        dataset: Dataset,
+        l1_weight: float = 1.0,
+        adv_weight: float = ADV_WEIGHT,
+        adversarial_grad: bool = True,
+        guide_config: dict | None = None,
+        sources: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.modules = {"G": generator, "D": discriminator}
+        self.extractor, self.profile = extractor, profile
+        self.l1_weight, self.adv_weight, self.adversarial_grad = l1_weight, adv_weight, adversarial_grad
+        keys = pyramid_keys(extractor)
+        self.keys = [keys[k] for k in SRF_LEVELS if k in keys]
+        self._config = {
+            "profile": profile.to_dict(),
+            "dataset": dataset_info(dataset),
+            "generator": generator_cfg,
+            "discriminator_channels": profile.fpn_channels,
+            "l1_weight": l1_weight,
+            "adv_weight": adv_weight,
+            "adversarial_grad": adversarial_grad,
+            "levels": [k for k in SRF_LEVELS if k in keys],
+            "guide": guide_config,
+        }
+        self._sources = sources or {}
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {name: list(self.modules[name].parameters()) for name in ("G", "D")}
+
+    def config(self) -> dict[str, Any]:
+        return self._config
+
+    def sources(self) -> dict[str, Any]:
+        return self._sources
+
+    def to(self, device: torch.device) -> None:
+        super().to(device)
+        self.extractor.to(device)
+
+    def train_mode(self) -> None:
+        super().train_mode()
+        self.extractor.eval()
+
+    def wrap(self, env) -> None:
+        self.run = {k: env.wrap(LevelMap(m)) if k in self.ddp_modules else m for k, m in self.modules.items()}
+
+    @torch.no_grad()
+    def features(self, images: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(F(I_lr)_i, F(I)_i) over the levels, for a list of (3, H, W) images."""
+        hr = pad_batch([resize_to_profile(img, None, self.profile)[0] for img in images])
+        lr, _ = degrade(hr, None, 0.5)
+        feats_hr, feats_lr = self.extractor(hr), self.extractor(lr)
+        return [feats_lr[k] for k in self.keys], [feats_hr[k] for k in self.keys]
+
+    def step(self, batch, ctx) -> None:
+        inputs, real = self.features(batch[0])
+        g_trains = self.l1_weight != 0 or self.adversarial_grad
+        with ctx.autocast(), torch.set_grad_enabled(g_trains):
+            fake = self.run["G"](inputs, [tuple(r.shape[-2:]) for r in real])
+        with ctx.autocast():
+            logits = self.run["D"](real + [f.detach() for f in fake])
+        ctx.update("D", discriminator_loss(logits[: len(real)], logits[len(real) :]))
+        d = self.modules["D"]
+        with frozen(d), ctx.autocast():
+            l1, adv = srf_losses(fake, real, d, self.adversarial_grad)
+        total = self.adv_weight * adv + (self.l1_weight * l1 if self.l1_weight else 0.0)
+        ctx.update("G", {"g_l1": l1, "g_adv": adv}, total=total)
+
+
+def train_srf_gan(
+    profile: str | Profile,
+    dataset: str | Dataset,
+    out_dir: str | Path,
+    seed: int = 0,
+    resume: bool = False,
+    *,
+    guide_dir: str | Path,
+    variant: str = "paper",
+    num_blocks: int | None = None,
+    l1_weight: float = 1.0,
+    adv_weight: float = ADV_WEIGHT,
+    adversarial_grad: bool = True,
+    **options,
+) -> StageResult:
+    """Stage 1: train G (``SRFGenerator``, width ``profile.fpn_channels``) and D against the guide's F.
+
+    Args:
+        guide_dir: a finished guide stage (its backbone + FPN is F, frozen).
+        variant, num_blocks: generator form (``paper``, ``released``, ``light``, ``depthwise``).
+        l1_weight, adv_weight: weights of L1 and of the adversarial term (lambda = 1e-3).
+        adversarial_grad: False reproduces the authors' code (adversarial term detached from G).
+        **options: :class:`~srfkit.train.loop.LoopOptions` fields.
+    """
+    profile = get_profile(profile)
+    data = resolve_dataset(dataset, profile)
+    guide = read_stage(guide_dir)
+    seed_everything(seed)
+    spec = generator_spec(profile.fpn_channels, variant, num_blocks)
+    stage = SRFGANStage(
+        build_upsampler(spec),
+        spec,
+        build_discriminator(profile.fpn_channels),
+        load_feature_extractor(guide),
+        profile,
+        data,
+        l1_weight=l1_weight,
+        adv_weight=adv_weight,
+        adversarial_grad=adversarial_grad,
+        guide_config=guide["config"]["detector"],
+        sources={"guide": str(guide_dir)},
+    )
+    return train_loop(stage, data, out_dir, profile.srf_gan, seed, resume, loop_options(profile, options))

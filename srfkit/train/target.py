@@ -1,0 +1,109 @@
+"""Stage 3, the target detector T: any detector family, full-resolution images, detection loss only.
+
+``reuse`` says what T takes from earlier stages (paper section 4.3 and Table 1):
+
+* ``"G"``: only the generator's weights, into T's FPN upsampler (from the extractor stage when given,
+  since stage 2 fine-tuned G, else from the srf-gan stage). Everything else starts fresh.
+* ``"M"``: the whole extractor M: every weight whose name and shape match T's (backbone, FPN, G, and
+  the heads when T has M's family).
+* ``"none"``: nothing; ``upsampler`` names T's FPN upsampler (``nearest`` gives the baseline).
+
+``freeze_g=True`` keeps the upsampler's weights fixed (Table 4, A4); by default G is fine-tuned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from ..profiles import Profile, get_profile
+from .common import (
+    build_from_spec,
+    check_arch,
+    default_arch,
+    detector_spec,
+    load_generator,
+    read_stage,
+    resolve_dataset,
+    upsampler_spec,
+)
+from .extractor import load_matching
+from .guide import DetectorStage, loop_options
+from .loop import StageResult, seed_everything, train_loop
+
+__all__ = ["train_target", "REUSE"]
+
+REUSE = ("G", "M", "none")
+
+
+def _source(reuse: str, srf_gan_dir, extractor_dir) -> str | Path | None:
+    if reuse not in REUSE:
+        raise ValueError(f"unknown reuse {reuse!r}; valid: {', '.join(REUSE)}")
+    if reuse == "none":
+        return None
+    source = extractor_dir if (reuse == "M" or extractor_dir is not None) else srf_gan_dir
+    if source is None:
+        need = "extractor_dir (--extractor)" if reuse == "M" else "srf_gan_dir (--srf-gan) or extractor_dir"
+        raise ValueError(f"reuse={reuse!r} needs {need}")
+    return source
+
+
+def train_target(
+    profile: str | Profile,
+    dataset: str | Dataset,
+    out_dir: str | Path,
+    seed: int = 0,
+    resume: bool = False,
+    *,
+    arch: str | None = None,
+    reuse: str = "G",
+    srf_gan_dir: str | Path | None = None,
+    extractor_dir: str | Path | None = None,
+    freeze_g: bool = False,
+    upsampler: str = "nearest",
+    **options,
+) -> StageResult:
+    """Stage 3: train the target detector T (``mask_rcnn``, ``faster_rcnn``, ``retinanet`` or ``fcos``).
+
+    Args:
+        arch: T's family (default: ``mask_rcnn`` if the dataset has masks, else ``faster_rcnn``).
+        reuse: ``G``, ``M`` or ``none`` (see the module doc).
+        srf_gan_dir, extractor_dir: finished earlier stages to take G or M from.
+        freeze_g: keep the FPN upsampler fixed instead of fine-tuning it.
+        upsampler: T's upsampler when ``reuse="none"`` (ignored otherwise).
+        **options: :class:`~srfkit.train.loop.LoopOptions` fields.
+    """
+    profile = get_profile(profile)
+    data = resolve_dataset(dataset, profile)
+    arch = arch or default_arch(data)
+    check_arch(arch, data)
+    source = _source(reuse, srf_gan_dir, extractor_dir)
+    payload = read_stage(source) if source is not None else None
+    seed_everything(seed)
+    if payload is None:
+        spec = detector_spec(arch, data.num_classes, upsampler_spec(upsampler, profile), profile)
+        model, loaded = build_from_spec(spec), {}
+    elif reuse == "G":
+        generator = load_generator(payload).train()
+        spec = detector_spec(arch, data.num_classes, _generator_cfg(payload), profile)
+        model, loaded = build_from_spec(spec, upsampler=generator), {}
+    else:
+        spec = detector_spec(arch, data.num_classes, payload["config"]["detector"]["upsampler"], profile)
+        model = build_from_spec(spec)
+        loaded = load_matching(model, payload["models"]["M"])
+    stage = DetectorStage(
+        "target",
+        model,
+        spec,
+        data,
+        freeze_upsampler=freeze_g,
+        extra={"reuse": reuse, "reused_from": payload["stage"] if payload else None, "reused": loaded},
+        sources={"reuse_from": str(source) if source else None},
+    )
+    return train_loop(stage, data, out_dir, profile.target, seed, resume, loop_options(profile, options))
+
+
+def _generator_cfg(payload: dict) -> dict:
+    config = payload["config"]
+    return config["generator"] if "generator" in config else config["detector"]["upsampler"]
