@@ -1,0 +1,123 @@
+"""srfkit.viz: reductions, comparison panels, the widget's logic (controls change the drawn data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from srfkit.detection import FeatureExtractor, build_detector
+from srfkit.models import make_upsampler
+from srfkit.viz import FeatureComparison, compare_level, extract_pair, plot_comparison, reduce_channels
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    extractor = FeatureExtractor(build_detector("faster_rcnn", 3, profile="quick")).eval()
+    c = 32  # quick profile FPN width
+    upsamplers = {name: make_upsampler(name, c) for name in ("nearest", "bilinear", "bicubic")}
+    upsamplers["srf"] = make_upsampler("srf", c, variant="light")
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 64, 64, generator=g), torch.rand(3, 48, 64, generator=g)]
+    return extractor, upsamplers, images
+
+
+def test_reduce_channels():
+    x = torch.tensor([[[1.0, -4.0]], [[3.0, 2.0]]])  # (C=2, H=1, W=2)
+    assert torch.equal(reduce_channels(x, "mean"), torch.tensor([[2.0, -1.0]]))
+    assert torch.equal(reduce_channels(x, "max_abs"), torch.tensor([[3.0, 4.0]]))
+    assert torch.equal(reduce_channels(x, 1), torch.tensor([[3.0, 2.0]]))
+    assert torch.equal(reduce_channels(x[None], 0), x[0])
+    with pytest.raises(ValueError, match="out of range"):
+        reduce_channels(x, 2)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        reduce_channels(x, "median")
+
+
+def test_compare_level_shapes_and_errors(setup):
+    extractor, upsamplers, images = setup
+    target, low = extract_pair(extractor, images[0])
+    assert list(target) == list(low) == ["0", "1", "2", "3", "pool"]
+    assert target["0"].shape == (1, 32, 16, 16) and low["0"].shape == (1, 32, 8, 8)
+    panels = compare_level(target, low, upsamplers, "0", "mean")
+    assert panels.target.shape == (16, 16) and panels.low_res.shape == (8, 8)
+    assert set(panels.outputs) == set(upsamplers) == set(panels.errors) == set(panels.metrics)
+    for name in upsamplers:
+        assert panels.outputs[name].shape == (16, 16)
+        assert (panels.errors[name] >= 0).all()
+        # The mean-reduced error map is the per-pixel L1, so its mean is the level's L1 metric.
+        assert np.isclose(panels.errors[name].mean(), panels.metrics[name]["l1"], rtol=1e-4)
+        assert -1 <= panels.metrics[name]["cosine"] <= 1
+    # Nearest x2 repeats each input pixel in a 2x2 block.
+    near = panels.outputs["nearest"]
+    assert np.allclose(near[::2, ::2], panels.low_res)
+    with pytest.raises(ValueError, match="unknown level"):
+        compare_level(target, low, upsamplers, "p9")
+
+
+def test_plot_comparison_draws_every_panel(setup):
+    extractor, upsamplers, images = setup
+    target, low = extract_pair(extractor, images[0])
+    panels = compare_level(target, low, upsamplers, "1", "max_abs")
+    fig = plot_comparison(panels, image=images[0])
+    assert isinstance(fig, Figure)
+    drawn = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    # image + target + input + (output, error) per upsampler
+    assert len(drawn) == 3 + 2 * len(upsamplers)
+    assert any(np.array_equal(np.asarray(a), panels.target) for a in drawn)
+
+
+def test_widget_controls_change_drawn_data(setup):
+    extractor, upsamplers, images = setup
+    comp = FeatureComparison(extractor, upsamplers, images, names=["a", "b"])
+    assert comp.state == {"image": 0, "level": "0", "reduction": "mean"}
+    assert comp.channel_control.disabled
+    png0 = comp.image_view.value
+    assert png0[:8] == b"\x89PNG\r\n\x1a\n"
+
+    comp.level_control.value = "1"  # as a reader's click would
+    assert comp.last_panels.level == "1" and comp.last_panels.target.shape == (8, 8)
+    assert comp.image_view.value != png0
+    png1 = comp.image_view.value
+
+    comp.reduction_control.value = "channel"
+    assert not comp.channel_control.disabled and comp.state["reduction"] == 0
+    comp.channel_control.value = 5
+    assert comp.state["reduction"] == 5
+    expected = comp.panels(image=0, level="1", reduction=5).target
+    assert np.array_equal(comp.last_panels.target, expected)
+    assert comp.image_view.value != png1
+
+    png2 = comp.image_view.value
+    comp.image_control.value = 1
+    assert comp.last_panels.target.shape == (6, 8)  # the 48x64 image at stride 8
+    assert comp.image_view.value != png2
+    assert "bicubic" in comp.metrics_view.value
+
+    comp.set_state(image=0, level="0", reduction="max_abs")
+    assert comp.state == {"image": 0, "level": "0", "reduction": "max_abs"}
+    assert comp.channel_control.disabled
+
+
+def test_widget_static_figure_matches_state(setup):
+    extractor, upsamplers, images = setup
+    comp = FeatureComparison(extractor, upsamplers, images, levels=["0", "1"])
+    comp.set_state(level="1")
+    fig = comp.static_figure()
+    arrays = [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+    assert any(np.array_equal(a, comp.last_panels.target) for a in arrays)
+    assert "level 1" in fig.get_suptitle()
+    bundle = comp._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_widget_rejects_bad_input(setup):
+    extractor, upsamplers, images = setup
+    with pytest.raises(ValueError, match="at least one upsampler"):
+        FeatureComparison(extractor, {}, images)
+    with pytest.raises(ValueError, match="must be \\(3, H, W\\)"):
+        FeatureComparison(extractor, upsamplers, [torch.rand(1, 8, 8)])
+    with pytest.raises(ValueError, match="unknown levels"):
+        FeatureComparison(extractor, upsamplers, images, levels=["7"])
