@@ -34,12 +34,16 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, module: nn.Module) -> nn.Module:
-        """``DistributedDataParallel(module)`` when distributed (and the module trains), else ``module``."""
+    def wrap(self, module: nn.Module, find_unused: bool = False) -> nn.Module:
+        """``DistributedDataParallel(module)`` when distributed (and the module trains), else ``module``.
+
+        ``find_unused=True`` for models whose forward may leave some trainable parameters out (the
+        torchvision detectors use all of theirs in every training step, even on images without boxes).
+        """
         if not self.distributed or not any(p.requires_grad for p in module.parameters()):
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
 
     def barrier(self) -> None:
         if self.distributed:

@@ -20,6 +20,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -485,8 +486,10 @@ def _loop(run: _Run, dataset: Dataset, start: int) -> tuple[int, Path | None]:
             stage.train_mode()
             stage.step(_move(batch, env.device), ctx)
             lrs = {k: s.get_last_lr()[0] for k, s in run.schedulers.items()}
-            for sched in run.schedulers.values():
-                sched.step()
+            with warnings.catch_warnings():  # an optimiser with no gradient this step was not stepped
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                for sched in run.schedulers.values():
+                    sched.step()
             run.scaler.update()
             now, now_cpu = time.perf_counter(), time.process_time()
             run.log({"step": step, "lr": lrs, "time_s": now - tick, "cpu_s": now_cpu - cpu, **ctx.logs})

@@ -1,0 +1,6 @@
+"""``python -m srfkit <command> ...``: see :mod:`srfkit.cli`."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,365 @@
+"""Command line: ``python -m srfkit <command> ...`` (also installed as ``srfkit``).
+
+Commands: ``guide``, ``srf-gan``, ``extractor``, ``target`` (stages 0-3 of SRF-GAN) and
+``pipeline`` (all four in order, skipping finished ones). Run under
+``torchrun --nproc_per_node N -m srfkit ...`` for several processes.
+
+More commands plug in through :func:`add_subcommand` (a registry; the parser is built from it when
+:func:`main` runs)::
+
+    def configure(parser):              # add the command's options to its argparse sub-parser
+        parser.add_argument("--name")
+    def run(args) -> int | None:         # do the work; return an exit code (None = 0)
+        ...
+    add_subcommand("experiments", configure, run, help="run the paper's ablations")
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Subcommand", "SUBCOMMANDS", "add_subcommand", "build_parser", "main"]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``python -m srfkit <name>`` command: its help, option setup and action."""
+
+    name: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+    help: str = ""
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def add_subcommand(
+    name: str,
+    configure: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int | None],
+    help: str = "",
+) -> Subcommand:
+    """Register a command; ``configure(parser)`` adds its options, ``run(args)`` executes it."""
+    if name in SUBCOMMANDS:
+        raise ValueError(f"command {name!r} is already registered")
+    SUBCOMMANDS[name] = Subcommand(name, configure, run, help)
+    return SUBCOMMANDS[name]
+
+
+# ---------------------------------------------------------------------------------------- options
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    from .profiles import PROFILES
+
+    p.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default="quick",
+        help="sizes and schedules: quick (seconds, tests), cpu (2 CPU cores), paper (GPU, COCO) [%(default)s]",
+    )
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="shipped dataset (srfkit.data.load): shapes, trees, nuclei; photos (no boxes) suits srf-gan only",
+    )
+    data.add_argument(
+        "--coco-root",
+        metavar="DIR",
+        type=Path,
+        help="a COCO folder with train2017/ and annotations/instances_train2017.json",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of weights, data order and sampling [%(default)s]")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output folder")
+
+
+def _loop_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training loop (defaults: the profile's schedule)")
+    g.add_argument("--iters", type=int, help="optimiser steps (milestones stay fractions of it)")
+    g.add_argument("--batch-size", type=int, help="images per step and process")
+    g.add_argument("--lr", type=float, help="base learning rate after warm-up")
+    g.add_argument("--warmup-iters", type=int, help="linear warm-up steps")
+    g.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps")
+    g.add_argument("--keep-last", type=int, default=3, help="periodic checkpoints kept [%(default)s]")
+    g.add_argument("--clip-grad", type=float, help="clip the gradient norm of each optimiser to this value")
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA (never on CPU)")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, ... [CUDA if present; torchrun: cuda:LOCAL_RANK]")
+    g.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers [profile's]")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _arch(p: argparse.ArgumentParser, flag: str = "--arch", what: str = "detector") -> None:
+    from .detection import ARCHS
+
+    p.add_argument(flag, choices=ARCHS, help=f"{what} family [mask_rcnn if the dataset has masks, else faster_rcnn]")
+
+
+def _srf_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SRF loss (Eq. 2-3)")
+    g.add_argument("--l1-weight", type=float, default=1.0, help="weight of the per-level L1 term [%(default)s]")
+    g.add_argument(
+        "--adv-weight", type=float, default=1e-3, help="lambda, weight of the adversarial term [%(default)s]"
+    )
+    g.add_argument(
+        "--no-adversarial-grad",
+        dest="adversarial_grad",
+        action="store_false",
+        help="detach D(G(x)) in G's loss as the authors' released code does (G learns from L1 only)",
+    )
+
+
+def _upsampler(p: argparse.ArgumentParser, default: str, help: str) -> None:
+    from .models import upsampler_names
+
+    p.add_argument("--upsampler", choices=upsampler_names(), default=default, help=f"{help} [%(default)s]")
+
+
+def _out(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help=help)
+
+
+def _configure_guide(p: argparse.ArgumentParser) -> None:
+    _data_options(p)
+    _out(p, "output folder (checkpoints, metrics.jsonl, config.json)")
+    _arch(p)
+    _upsampler(p, "nearest", "FPN top-down upsampler")
+    _loop_options(p)
+
+
+def _configure_srf_gan(p: argparse.ArgumentParser) -> None:
+    _data_options(p)
+    _out(p, "output folder (checkpoints, metrics.jsonl, config.json)")
+    p.add_argument("--guide", type=Path, required=True, metavar="DIR", help="finished guide stage folder (gives F)")
+    p.add_argument("--variant", default="paper", help="generator form: paper, released, light, depthwise [%(default)s]")
+    p.add_argument("--num-blocks", type=int, help="residual blocks of G [variant's default]")
+    _srf_options(p)
+    _loop_options(p)
+
+
+def _configure_extractor(p: argparse.ArgumentParser) -> None:
+    _data_options(p)
+    _out(p, "output folder (checkpoints, metrics.jsonl, config.json)")
+    p.add_argument("--guide", type=Path, required=True, metavar="DIR", help="finished guide stage folder (F)")
+    p.add_argument("--srf-gan", type=Path, required=True, metavar="DIR", help="finished srf-gan stage folder (G, D)")
+    _arch(p, what="extractor head")
+    p.add_argument(
+        "--semantic-shift",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="1: compare M's level k with F's level k+1 (Table 7, different semantic levels) [%(default)s]",
+    )
+    _srf_options(p)
+    _loop_options(p)
+
+
+def _configure_target(p: argparse.ArgumentParser) -> None:
+    _data_options(p)
+    _out(p, "output folder (checkpoints, metrics.jsonl, config.json)")
+    _arch(p, what="target detector")
+    p.add_argument(
+        "--reuse",
+        choices=("G", "M", "none"),
+        default="G",
+        help="G: generator weights only; M: the whole extractor where shapes match; none [%(default)s]",
+    )
+    p.add_argument("--srf-gan", type=Path, metavar="DIR", help="srf-gan stage folder to take G from")
+    p.add_argument("--extractor", type=Path, metavar="DIR", help="extractor stage folder to take G or M from")
+    p.add_argument("--freeze-g", action="store_true", help="keep G fixed instead of fine-tuning it (Table 4, A4)")
+    _upsampler(p, "nearest", "upsampler when --reuse none")
+    _loop_options(p)
+
+
+def _configure_pipeline(p: argparse.ArgumentParser) -> None:
+    _data_options(p)
+    _out(p, "root folder; stages go to DIR/guide, DIR/srf-gan, DIR/extractor, DIR/target")
+    _arch(p, what="guide and extractor")
+    _arch(p, "--target-arch", "target detector")
+    p.add_argument("--reuse", choices=("G", "M", "none"), default="G", help="what the target reuses [%(default)s]")
+    p.add_argument(
+        "--no-adversarial-grad",
+        dest="adversarial_grad",
+        action="store_false",
+        help="stages 1-2: detach D(G(x)) in G's loss, as the authors' released code does",
+    )
+    _loop_options(p)
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+_LOOP_KEYS = (
+    "iters",
+    "batch_size",
+    "lr",
+    "warmup_iters",
+    "checkpoint_every",
+    "keep_last",
+    "clip_grad",
+    "amp",
+    "device",
+    "num_workers",
+    "progress",
+)
+
+
+def _common(args: argparse.Namespace) -> dict:
+    """profile, dataset, seed, resume and the loop options of a parsed command line."""
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    loop = {k: getattr(args, k) for k in _LOOP_KEYS if getattr(args, k, None) is not None}
+    return dict(profile=profile, dataset=_dataset(args, profile), seed=args.seed, resume=args.resume, **loop)
+
+
+def _dataset(args: argparse.Namespace, profile):
+    if args.dataset is not None:
+        return args.dataset
+    from .data import CocoDetection
+
+    root = args.coco_root
+    images, annotations = root / "train2017", root / "annotations" / "instances_train2017.json"
+    for path in (images, annotations):
+        if not path.exists():
+            raise FileNotFoundError(f"--coco-root {root}: {path} not found (expected COCO 2017 layout)")
+    return CocoDetection(images, annotations)
+
+
+def _report(result) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    if result.skipped:
+        print(f"{result.stage}: already finished in {result.out_dir} ({result.steps} steps), skipped")
+        return
+    m = result.metrics
+    losses = ", ".join(f"{k}={v:.4g}" for k, v in m.items() if not k.endswith("_per_step_s"))
+    print(
+        f"{result.stage}: {result.steps} steps in {result.wall_time_s:.1f} s "
+        f"({m.get('time_per_step_s', float('nan')):.3f} s/step wall, {m.get('cpu_per_step_s', float('nan')):.3f} "
+        f"s/step CPU); checkpoint {result.checkpoint}; last losses: {losses}"
+    )
+
+
+def _run_guide(args: argparse.Namespace) -> None:
+    from .train import train_guide
+
+    _report(train_guide(out_dir=args.out, arch=args.arch, upsampler=args.upsampler, **_common(args)))
+
+
+def _srf_kwargs(args: argparse.Namespace) -> dict:
+    return dict(l1_weight=args.l1_weight, adv_weight=args.adv_weight, adversarial_grad=args.adversarial_grad)
+
+
+def _run_srf_gan(args: argparse.Namespace) -> None:
+    from .train import train_srf_gan
+
+    _report(
+        train_srf_gan(
+            out_dir=args.out,
+            guide_dir=args.guide,
+            variant=args.variant,
+            num_blocks=args.num_blocks,
+            **_srf_kwargs(args),
+            **_common(args),
+        )
+    )
+
+
+def _run_extractor(args: argparse.Namespace) -> None:
+    from .train import train_extractor
+
+    _report(
+        train_extractor(
+            out_dir=args.out,
+            guide_dir=args.guide,
+            srf_gan_dir=args.srf_gan,
+            arch=args.arch,
+            semantic_shift=args.semantic_shift,
+            **_srf_kwargs(args),
+            **_common(args),
+        )
+    )
+
+
+def _run_target(args: argparse.Namespace) -> None:
+    from .train import train_target
+
+    _report(
+        train_target(
+            out_dir=args.out,
+            arch=args.arch,
+            reuse=args.reuse,
+            srf_gan_dir=args.srf_gan,
+            extractor_dir=args.extractor,
+            freeze_g=args.freeze_g,
+            upsampler=args.upsampler,
+            **_common(args),
+        )
+    )
+
+
+def _run_pipeline(args: argparse.Namespace) -> None:
+    from .train import run_pipeline
+
+    results = run_pipeline(
+        out_root=args.out,
+        arch=args.arch,
+        target_arch=args.target_arch,
+        reuse=args.reuse,
+        adversarial_grad=args.adversarial_grad,
+        **_common(args),
+    )
+    for result in results.values():
+        _report(result)
+
+
+add_subcommand("guide", _configure_guide, _run_guide, "stage 0: train the guide detector (gives F)")
+add_subcommand("srf-gan", _configure_srf_gan, _run_srf_gan, "stage 1: train G and D on guide features (Eq. 2)")
+add_subcommand("extractor", _configure_extractor, _run_extractor, "stage 2: train the SRF extractor M (Eq. 3)")
+add_subcommand("target", _configure_target, _run_target, "stage 3: train a target detector reusing G or M")
+add_subcommand("pipeline", _configure_pipeline, _run_pipeline, "stages 0-3 in order, skipping finished ones")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``srfkit`` argument parser, one sub-parser per registered command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m srfkit",
+        description="SRF-GAN re-implemented: train its stages from the command line "
+        "(several processes: torchrun --nproc_per_node N -m srfkit <command> ...).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for command in SUBCOMMANDS.values():
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.configure(p)
+        p.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; expected failures print one ``error:`` line and return 1."""
+    from .train.checkpoint import CheckpointMismatchError
+    from .train.loop import NonFiniteLossError
+
+    args = build_parser().parse_args(argv)
+    try:
+        code = args._run(args)
+    except (NonFiniteLossError, CheckpointMismatchError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 1
+    finally:
+        _shutdown()
+    return int(code or 0)
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
