@@ -1,14 +1,28 @@
 # The README's two commands: `make book` (the executed book) and `make test` (every test).
 # Both create the virtual environment from requirements.txt on first use.
+#
+#   make book    build the shipped data, execute every chapter (quick profile) into _build/html
+#   make test    unit tests, then every chapter under nbval, then the book, then the browser checks
+#
+# Chapters train the quick-profile stages once into one run folder per profile and dataset
+# ($SRFKIT_RUNS_DIR, default runs/); `make test` uses a fresh folder under _build/ so that every
+# test run trains from scratch with the current code.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.srfkit-installed
 PROFILE ?= quick
+BUILD := _build
+NBVAL_DIR := $(BUILD)/nbval
+TEST_RUNS := $(abspath $(BUILD))/test-runs
+# Chapters that are notebooks (have a kernelspec); references.md is plain text.
+NOTEBOOKS := $(shell grep -l '^kernelspec:' book/*.md)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-export MPLBACKEND := Agg
+export SRFKIT_PROFILE := $(PROFILE)
+# Notebook kernels must keep matplotlib's inline backend: never export MPLBACKEND here.
+unexport MPLBACKEND
 
-.PHONY: venv data book test lint clean
+.PHONY: venv data book notebooks nbval chromium unit browser test lint clean
 
 $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,14 +36,55 @@ venv: $(STAMP)
 data: venv
 	$(PY) data/build.py --profile $(PROFILE)
 
+# Every chapter is executed (execute_notebooks: force); any cell error fails the build.
 book: data
-	$(VENV)/bin/jupyter-book build . --builder html
+	@mkdir -p $(BUILD); start=$$(date +%s); \
+	$(VENV)/bin/jupyter-book build . --builder html 2>&1 | tee $(BUILD)/book-build.log; \
+	status=$${PIPESTATUS[0]}; \
+	echo "make book: jupyter-book took $$(( $$(date +%s) - start )) s (exit $$status)"; \
+	exit $$status
 
-test: data
-	$(PY) -m pytest
+# Chapters converted to .ipynb for nbval: temporary files under _build/, never committed.
+notebooks: venv
+	rm -rf $(NBVAL_DIR) && mkdir -p $(NBVAL_DIR)
+	for f in $(NOTEBOOKS); do \
+	  $(VENV)/bin/jupytext --quiet --to ipynb "$$f" -o "$(NBVAL_DIR)/$$(basename "$${f%.md}").ipynb" || exit 1; \
+	done
+
+# Runs every cell with the venv's own kernel; a cell error or a failed assert fails the test.
+nbval: notebooks data
+	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider --durations=0 \
+	  --junitxml=$(BUILD)/nbval-report.xml $(NBVAL_DIR)
+
+# Debian's Chromium for the browser checks, when we can install it (root + apt); failure is tolerated.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (Debian)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "could not install chromium: the browser checks will be skipped"; \
+	fi
+
+unit: data
+	MPLBACKEND=Agg $(PY) -m pytest tests --ignore=tests/test_browser.py
+
+browser: chromium
+	$(PY) -m pytest tests/test_browser.py
+
+test: export SRFKIT_RUNS_DIR := $(TEST_RUNS)
+test: venv chromium
+	rm -rf $(TEST_RUNS)
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory unit && \
+	$(MAKE) --no-print-directory nbval && \
+	$(MAKE) --no-print-directory book && \
+	$(MAKE) --no-print-directory browser; \
+	status=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s (exit $$status)"; \
+	exit $$status
 
 lint: venv
 	$(VENV)/bin/ruff check srfkit tests data
+	$(VENV)/bin/ruff format --check srfkit tests data
 
 clean:
-	rm -rf _build
+	rm -rf $(BUILD)

@@ -1,0 +1,164 @@
+"""What the book's chapters share: the profile, the run folder, metrics logs, plots and tables.
+
+Chapters run in several places (``jupyter-book build`` executes them in ``book/``, nbval in
+``_build/nbval/``, a reader's JupyterLab anywhere), so nothing here depends on the working directory:
+
+* the profile comes from ``$SRFKIT_PROFILE`` (default ``quick``);
+* trained stages live in ``$SRFKIT_RUNS_DIR/<profile>/<dataset>/<stage>`` (default: ``runs/`` at the
+  repository root), one folder per profile and dataset shared by every chapter, so a book build
+  trains each stage once (the trainers skip a finished stage).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+__all__ = [
+    "profile_name",
+    "repo_root",
+    "runs_root",
+    "run_dir",
+    "profile_note",
+    "read_metrics",
+    "plot_metrics",
+    "html_table",
+    "fmt",
+]
+
+
+def profile_name(default: str = "quick") -> str:
+    """The profile the book runs in: ``$SRFKIT_PROFILE`` or ``default``."""
+    return os.environ.get("SRFKIT_PROFILE", default)
+
+
+def repo_root() -> Path:
+    """The srfkit checkout (where ``pyproject.toml`` lives), else the working directory."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
+def runs_root() -> Path:
+    """``$SRFKIT_RUNS_DIR`` or ``<repo>/runs``."""
+    env = os.environ.get("SRFKIT_RUNS_DIR")
+    return Path(env) if env else repo_root() / "runs"
+
+
+def run_dir(dataset: str = "shapes", profile: str | None = None) -> Path:
+    """The shared run folder of one profile and dataset: ``<runs_root>/<profile>/<dataset>``."""
+    return runs_root() / (profile or profile_name()) / dataset
+
+
+def profile_note(profile: str | None = None):
+    """A Markdown note for the top of a chapter saying what the profile's numbers are worth."""
+    from IPython.display import Markdown
+
+    profile = profile or profile_name()
+    if profile == "quick":
+        text = (
+            f"**Profile `{profile}`.** This page was executed with the *quick* profile: tiny images, tiny "
+            "networks and a handful of training steps, so that every chapter runs in minutes on two CPU "
+            "cores. **Its numbers mean nothing**: they only show that the code runs end to end. Set "
+            "`SRFKIT_PROFILE=cpu` (real results on a CPU) or `paper` (a GPU box with COCO) to run it for real."
+        )
+    else:
+        text = f"**Profile `{profile}`.** The live cells on this page ran with the `{profile}` profile."
+    return Markdown(text)
+
+
+def read_metrics(out_dir: str | Path) -> dict[str, np.ndarray]:
+    """The JSON-lines metrics log of a stage folder as columns ``{name: (steps,) array}``.
+
+    Keys missing on some lines are NaN there. Raises ``FileNotFoundError`` naming the file.
+    """
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics log (has this stage been trained?)")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON line ({err})") from err
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys and isinstance(row[k], (int, float))]
+    return {k: np.array([float(r.get(k, math.nan)) for r in rows]) for k in keys}
+
+
+def plot_metrics(
+    out_dir: str | Path,
+    keys: Sequence[str],
+    ax: Axes | None = None,
+    title: str | None = None,
+    logy: bool = False,
+) -> Figure:
+    """Loss curves of a stage folder: one line per key, against the step."""
+    metrics = read_metrics(out_dir)
+    missing = [k for k in keys if k not in metrics]
+    if missing:
+        raise KeyError(f"{out_dir}: metrics.jsonl has no {missing}; it has {sorted(metrics)}")
+    if ax is None:
+        fig = Figure(figsize=(5.5, 3.2), layout="constrained")
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    steps = metrics.get("step", np.arange(1, len(next(iter(metrics.values()))) + 1))
+    for key in keys:
+        ax.plot(steps, metrics[key], marker="o", markersize=3, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title(title or Path(out_dir).name, fontsize=10)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def fmt(value, digits: int = 1) -> str:
+    """A table cell: numbers with ``digits`` decimals, ``{"mean", "std"}`` as ``mean ± std``, None as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, Mapping) and "mean" in value:
+        mean, std = value["mean"], value.get("std")
+        if std is None or value.get("n", 2) < 2:
+            return fmt(mean, digits)
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if isinstance(value, (float, np.floating)):
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def html_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence],
+    caption: str | None = None,
+    digits: int = 1,
+    groups: Sequence[tuple[str, int]] | None = None,
+):
+    """An HTML table (IPython ``HTML``) from rows of cells; ``groups`` adds a spanning header row
+    of ``(label, number of columns)``, e.g. ``[("", 1), ("paper (COCO)", 2), ("ours", 2)]``."""
+    from IPython.display import HTML
+
+    parts = ["<table class='srfkit-table'>"]
+    if caption:
+        parts.append(f"<caption>{html.escape(caption)}</caption>")
+    if groups:
+        cells = "".join(f"<th colspan='{n}' style='text-align:center'>{html.escape(label)}</th>" for label, n in groups)
+        parts.append(f"<tr>{cells}</tr>")
+    parts.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
+    for row in rows:
+        parts.append("<tr>" + "".join(f"<td>{html.escape(fmt(c, digits))}</td>" for c in row) + "</tr>")
+    parts.append("</table>")
+    return HTML("".join(parts))
