@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ..detection import FeatureExtractor, build_detector, get_fpn
 from ..models import FeaturePatchDiscriminator, fit_to_size, make_upsampler
 from ..profiles import Profile, Schedule
 from .checkpoint import FINAL_NAME, latest_checkpoint, load_checkpoint, load_module_state
+from .distributed import init_distributed
 
 __all__ = [
     "SRF_LEVELS",
@@ -53,13 +55,22 @@ PAD_DIVISOR = 64  # full-resolution batches pad to 64 so their 0.5x copies pad t
 # ----------------------------------------------------------------------------------------------- data
 
 
-def resolve_dataset(dataset: str | Dataset, profile: Profile, split: str = "train") -> Dataset:
-    """A dataset object, given one or a shipped dataset's name (``srfkit.data.load``)."""
+def resolve_dataset(dataset: str | Dataset, profile: Profile, device: str | None = None) -> Dataset:
+    """A dataset object, given one or a shipped dataset's name (``srfkit.data.load``, train split).
+
+    Under torchrun, rank 0 loads (and if needed builds) the data first, the other ranks after it.
+    """
     if not isinstance(dataset, str):
         return dataset
     from .. import data
 
-    return data.load(dataset, split, profile)
+    env = init_distributed(device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    if env is not None and not env.is_main:
+        env.barrier()
+    loaded = data.load(dataset, "train", profile)
+    if env is not None and env.is_main:
+        env.barrier()
+    return loaded
 
 
 def dataset_info(dataset: Dataset) -> dict[str, Any]:
@@ -283,6 +294,8 @@ def upsampler_spec(name: str, profile: Profile, variant: str = "paper", num_bloc
 def read_stage(path: str | Path) -> dict:
     """The final checkpoint of a stage folder (or a checkpoint file), loaded with ``weights_only=True``."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such stage folder or checkpoint file")
     if path.is_dir():
         final = path / FINAL_NAME
         if not final.is_file():

@@ -213,7 +213,7 @@ def train_extractor(
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
     profile = get_profile(profile)
-    data = resolve_dataset(dataset, profile)
+    data = resolve_dataset(dataset, profile, options.get("device"))
     arch = arch or default_arch(data)
     check_arch(arch, data)
     guide, srf_gan = read_stage(guide_dir), read_stage(srf_gan_dir)

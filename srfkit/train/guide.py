@@ -116,7 +116,7 @@ def train_guide(
         **options: :class:`~srfkit.train.loop.LoopOptions` fields (``iters``, ``clip_grad``, ``device``, ...).
     """
     profile = get_profile(profile)
-    data = resolve_dataset(dataset, profile)
+    data = resolve_dataset(dataset, profile, options.get("device"))
     arch = arch or default_arch(data)
     check_arch(arch, data)
     seed_everything(seed)

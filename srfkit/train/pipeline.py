@@ -45,7 +45,7 @@ def run_pipeline(
     :class:`~srfkit.train.loop.LoopOptions` fields applied to every stage.
     """
     profile = get_profile(profile)
-    data = resolve_dataset(dataset, profile)
+    data = resolve_dataset(dataset, profile, options.get("device"))
     dirs = stage_dirs(out_root)
     common = dict(seed=seed, resume=resume, **options)
     results = {"guide": train_guide(profile, data, dirs["guide"], arch=arch, **common)}

@@ -163,7 +163,7 @@ def train_srf_gan(
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
     profile = get_profile(profile)
-    data = resolve_dataset(dataset, profile)
+    data = resolve_dataset(dataset, profile, options.get("device"))
     guide = read_stage(guide_dir)
     seed_everything(seed)
     spec = generator_spec(profile.fpn_channels, variant, num_blocks)

@@ -75,7 +75,7 @@ def train_target(
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
     profile = get_profile(profile)
-    data = resolve_dataset(dataset, profile)
+    data = resolve_dataset(dataset, profile, options.get("device"))
     arch = arch or default_arch(data)
     check_arch(arch, data)
     source = _source(reuse, srf_gan_dir, extractor_dir)
