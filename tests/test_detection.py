@@ -61,8 +61,10 @@ def test_unknown_arch_lists_valid_names():
 
 
 def test_unknown_upsampler_lists_valid_names():
-    with pytest.raises(ValueError, match="nearest, bilinear, bicubic, srf"):
+    with pytest.raises(ValueError, match="unknown upsampler 'lanczos'") as err:
         build_detector("mask_rcnn", 3, upsampler="lanczos")
+    for name in ("nearest", "bilinear", "bicubic", "srf", "dysample", "carafe"):
+        assert name in str(err.value)
 
 
 def test_local_backbone_weights(tmp_path):

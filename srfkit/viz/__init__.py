@@ -9,6 +9,7 @@ from .figures import (
     plot_comparison,
     reduce_channels,
 )
+from .detections import detections_figure, draw_instances, samples_figure
 from .widget import FeatureComparison
 
 __all__ = [
@@ -16,6 +17,9 @@ __all__ = [
     "ComparisonPanels",
     "FeatureComparison",
     "compare_level",
+    "detections_figure",
+    "draw_instances",
+    "samples_figure",
     "comparison_figure",
     "extract_pair",
     "plot_comparison",

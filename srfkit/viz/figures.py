@@ -20,7 +20,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ._interim import degrade, fidelity_metrics
+from ..data import degrade
+from ._interim import fidelity_metrics
 
 __all__ = [
     "REDUCTIONS",
@@ -200,7 +201,10 @@ def plot_comparison(
         ax.set_xticks([])
         ax.set_yticks([])
 
-    lo, hi = np.percentile(panels.target, [1, 99])
+    # One colour scale for the target and every output (1st-99th percentile of all of them).
+    lo, hi = np.percentile(
+        np.concatenate([panels.target.ravel(), *(o.ravel() for o in panels.outputs.values())]), [1, 99]
+    )
     if hi <= lo:
         hi = lo + 1e-6
     err_max = max((float(np.percentile(e, 99)) for e in panels.errors.values()), default=1.0) or 1e-6
