@@ -1,5 +1,6 @@
 """Visualisation: feature-map comparison figures and the interactive comparison widget."""
 
+from .detections import detections_figure, draw_instances, samples_figure
 from .figures import (
     REDUCTIONS,
     ComparisonPanels,
@@ -9,7 +10,6 @@ from .figures import (
     plot_comparison,
     reduce_channels,
 )
-from .detections import detections_figure, draw_instances, samples_figure
 from .widget import FeatureComparison
 
 __all__ = [

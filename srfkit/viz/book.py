@@ -32,6 +32,9 @@ __all__ = [
     "plot_metrics",
     "html_table",
     "fmt",
+    "result_rows",
+    "result_source",
+    "paper_vs_ours",
 ]
 
 
@@ -162,3 +165,77 @@ def html_table(
         parts.append("<tr>" + "".join(f"<td>{html.escape(fmt(c, digits))}</td>" for c in row) + "</tr>")
     parts.append("</table>")
     return HTML("".join(parts))
+
+
+# --------------------------------------------------------------------------- result files (runner)
+
+
+def _summary_cell(row: Mapping, iou: str, metric: str = "AP"):
+    summary = row.get("summary", {}).get(iou)
+    return None if summary is None or metric not in summary else summary[metric]
+
+
+def result_rows(doc: Mapping, metric: str = "AP") -> dict[str, list[list]]:
+    """``{dataset: [[row name, box <metric>, mask <metric>], ...]}`` from a runner result document.
+
+    Cells are ``{"mean", "std", "n"}`` dicts (``fmt`` prints them as ``mean ± std``) or ``None``.
+    """
+    out = {}
+    for dataset, entry in doc.get("datasets", {}).items():
+        rows = entry.get("rows", {})
+        out[dataset] = [
+            [name, _summary_cell(r, "bbox", metric), _summary_cell(r, "segm", metric)] for name, r in rows.items()
+        ]
+    return out
+
+
+def result_source(doc: Mapping) -> str:
+    """One Markdown sentence saying which run made a result file (commit, device, seeds, time)."""
+    prov = doc.get("provenance", {})
+    parts = []
+    for dataset, entry in doc.get("datasets", {}).items():
+        seeds = entry.get("seeds", [])
+        wall = entry.get("wall_time_s")
+        parts.append(f"`{dataset}`: seeds {seeds}" + (f", {wall / 60:.0f} min" if wall else ""))
+    return (
+        f"*Source: `data/results/{doc.get('profile', '?')}/{doc.get('experiment', '?')}.json`, written by "
+        f"`python -m srfkit experiments` at commit `{prov.get('git_commit', '?')}` on {prov.get('device', '?')}, "
+        f"finished {prov.get('finished_utc', '?')} ({'; '.join(parts)}).*"
+    )
+
+
+def paper_vs_ours(
+    table_key: str,
+    doc: Mapping | None,
+    dataset: str,
+    row_map: Mapping[str, str] | None = None,
+    label: str | None = None,
+    digits: int = 1,
+):
+    """A paper table in its own layout, with our box and mask AP (mean ± std over seeds) beside it.
+
+    Args:
+        table_key: a key of :data:`srfkit.reference.PAPER_TABLES`.
+        doc: our result document (from :func:`srfkit.results.load_result`), or ``None``.
+        dataset: which dataset entry of ``doc`` to show.
+        row_map: paper row key -> our row key (default: the same key).
+        label: header over our columns (default ``ours (<profile>, <dataset>)``).
+    """
+    from ..reference import paper_table
+
+    table = paper_table(table_key)
+    columns = list(table["columns"])
+    first_numeric = next(i for i, c in enumerate(columns) if c.startswith("AP"))
+    ours_rows = {}
+    if doc is not None:
+        ours_rows = doc.get("datasets", {}).get(dataset, {}).get("rows", {})
+    label = label or f"ours ({doc.get('profile', '?') if doc else '-'}, {dataset})"
+    rows = []
+    for key, values in table["rows"].items():
+        ours = ours_rows.get((row_map or {}).get(key, key))
+        box = _summary_cell(ours, "bbox") if ours else None
+        mask = _summary_cell(ours, "segm") if ours else None
+        rows.append([key, *values, box, mask])
+    header = ["", *columns, "AP box", "AP mask"]
+    groups = [("", 1 + first_numeric), ("paper (COCO val2017, quoted)", len(columns) - first_numeric), (label, 2)]
+    return html_table(header, rows, caption=table["caption"], digits=digits, groups=groups)
