@@ -1,0 +1,422 @@
+"""The paper's experiments, run on the shipped data: ``python -m srfkit experiments``.
+
+Each experiment trains what it needs through :mod:`srfkit.train` (stage folders are shared between
+experiments, so the guide of seed 0 is trained once and serves every table), evaluates on the
+validation split with :func:`srfkit.eval.coco_evaluate`, and writes
+``data/results/<profile>/<experiment>.json`` through :func:`srfkit.results.write_result`:
+per-seed metrics, their mean and standard deviation, the profile, git commit, device and wall time.
+
+Experiments (paper table in brackets): ``interpolation`` (5, plus learned peers and light generators),
+``progressive`` (4), ``degradation`` (6), ``semantic_level`` (7), ``cross_head`` (3), ``detectors`` (1),
+``adversarial_grad`` (G with and without the adversarial gradient), ``fidelity`` (feature L1/PSNR/cosine
+per level), ``cost`` (parameters and latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .profiles import Profile, get_profile
+from .results import load_result, mean_std, provenance, write_result
+
+__all__ = ["EXPERIMENTS", "Runs", "run_experiment", "run_experiments"]
+
+# Upsamplers trained from scratch inside the detector (no SRF-GAN stages needed).
+PLAIN_UPSAMPLERS = ("nearest", "bilinear", "bicubic", "dysample", "dysample_dynamic", "carafe")
+# Generator variants trained by SRF-GAN (stage 1) and reused as G (stage 3).
+GENERATOR_ROWS = {"srf_light": "light", "srf_depthwise": "depthwise"}
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@dataclass
+class Runs:
+    """Stage folders of one profile, dataset and seed, trained on first use and reused after.
+
+    Folder layout: ``root/<profile>/<dataset>/seed<seed>/<stage-name>``. Every method returns the folder
+    of a finished stage; an interrupted stage resumes.
+    """
+
+    profile: Profile
+    dataset: str
+    seed: int
+    root: Path
+    options: dict = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.profile.name / self.dataset / f"seed{self.seed}"
+
+    def _train(self, fn: Callable, name: str, **kwargs) -> Path:
+        out = self.folder / name
+        fn(self.profile, self.dataset, out, seed=self.seed, resume=True, **kwargs, **self.options)
+        return out
+
+    def detector(self, upsampler: str = "nearest", arch: str | None = None) -> Path:
+        """A detector trained from scratch with a fixed or learned upsampler; nearest is the guide (A1)."""
+        from .train import train_guide
+
+        name = "guide" if (upsampler, arch) == ("nearest", None) else f"det_{arch or 'default'}_{upsampler}"
+        return self._train(train_guide, name, upsampler=upsampler, arch=arch)
+
+    def srf_gan(self, variant: str = "paper", adversarial_grad: bool = True, degrade_mode: str = "bilinear") -> Path:
+        """Stage 1 against the guide's features."""
+        from .train import train_srf_gan
+
+        name = f"srf_gan_{variant}" + ("" if adversarial_grad else "_noadv") + _mode_suffix(degrade_mode)
+        return self._train(
+            train_srf_gan,
+            name,
+            guide_dir=self.detector(),
+            variant=variant,
+            adversarial_grad=adversarial_grad,
+            **_mode_kwargs(degrade_mode),
+        )
+
+    def extractor(self, arch: str | None = None, semantic_shift: int = 0, degrade_mode: str = "bilinear") -> Path:
+        """Stage 2 from the paper-form G."""
+        from .train import train_extractor
+
+        name = f"extractor_{arch or 'default'}" + (f"_shift{semantic_shift}" if semantic_shift else "")
+        name += _mode_suffix(degrade_mode)
+        return self._train(
+            train_extractor,
+            name,
+            guide_dir=self.detector(),
+            srf_gan_dir=self.srf_gan(degrade_mode=degrade_mode),
+            arch=arch,
+            semantic_shift=semantic_shift,
+            **_mode_kwargs(degrade_mode),
+        )
+
+    def target(
+        self,
+        reuse: str,
+        arch: str | None = None,
+        variant: str = "paper",
+        freeze_g: bool = False,
+        extractor: Path | None = None,
+        srf_gan: Path | None = None,
+    ) -> Path:
+        """Stage 3 with G (``reuse="G"``) or M (``reuse="M"``) reused."""
+        from .train import train_target
+
+        if reuse == "G":
+            srf_gan = srf_gan or self.srf_gan(variant)
+            source = dict(srf_gan_dir=srf_gan)
+            tag = srf_gan.name
+        else:
+            extractor = extractor or self.extractor()
+            source = dict(extractor_dir=extractor)
+            tag = extractor.name
+        name = f"target_{arch or 'default'}_{reuse}_{tag}" + ("_frozen" if freeze_g else "")
+        return self._train(train_target, name, reuse=reuse, arch=arch, freeze_g=freeze_g, **source)
+
+
+def _mode_suffix(mode: str) -> str:
+    return "" if mode == "bilinear" else f"_deg{mode}"
+
+
+def _mode_kwargs(mode: str) -> dict:
+    return {} if mode == "bilinear" else {"degrade_mode": mode}
+
+
+def evaluate_stage(stage_dir: Path, profile: Profile, dataset: str, full_resolution: bool = True) -> dict:
+    """COCO AP of a stage's detector on the validation split, cached in ``stage_dir/eval.json``.
+
+    ``full_resolution`` resets the detector's resize to the profile's full size (the extractor M
+    was trained on half-size images; Table 4's A3 evaluates it on full-size ones).
+    """
+    from .data import load
+    from .eval import coco_evaluate
+    from .train import load_detector
+
+    cache = stage_dir / "eval.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    model = load_detector(stage_dir)
+    if full_resolution:
+        model.transform.min_size = (profile.image_size,)
+        model.transform.max_size = profile.max_size
+    metrics = coco_evaluate(model, load(dataset, split="val", profile=profile), max_images=profile.eval_images or None)
+    cache.write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _aggregate(per_seed: dict[int, dict]) -> dict:
+    """Mean and std over seeds for every iou type and metric of per-seed ``coco_evaluate`` outputs."""
+    first = next(iter(per_seed.values()))
+    return {
+        iou: {k: mean_std([per_seed[s][iou][k] for s in per_seed]) for k in first[iou]}
+        for iou in first
+        if isinstance(first[iou], dict)
+    }
+
+
+def _rows(context: ExperimentContext, rows: dict[str, Callable[[Runs], Path]]) -> dict:
+    """Train and evaluate every row for every seed: ``{row: {"per_seed": ..., "summary": ...}}``."""
+    out = {}
+    for row, make in rows.items():
+        per_seed = {}
+        for seed in context.seeds:
+            runs = context.runs(seed)
+            per_seed[seed] = evaluate_stage(make(runs), context.profile, context.dataset)
+        out[row] = {"per_seed": per_seed, "summary": _aggregate(per_seed)}
+    return out
+
+
+@dataclass
+class ExperimentContext:
+    """What every experiment gets: profile, dataset, seeds, and where stage folders live."""
+
+    profile: Profile
+    dataset: str
+    seeds: tuple[int, ...]
+    runs_root: Path
+    options: dict = field(default_factory=dict)
+
+    def runs(self, seed: int) -> Runs:
+        return Runs(self.profile, self.dataset, seed, self.runs_root, self.options)
+
+
+def interpolation(ctx: ExperimentContext) -> dict:
+    """Table 5 plus peers: one detector per FPN upsampler, SRF with G and with M reused."""
+    rows: dict[str, Callable[[Runs], Path]] = {name: (lambda r, n=name: r.detector(n)) for name in PLAIN_UPSAMPLERS}
+    rows["srf_G"] = lambda r: r.target("G")
+    rows["srf_M"] = lambda r: r.target("M")
+    for row, variant in GENERATOR_ROWS.items():
+        rows[f"{row}_G"] = lambda r, v=variant: r.target("G", variant=v)
+    return {"rows": _rows(ctx, rows)}
+
+
+def progressive(ctx: ExperimentContext) -> dict:
+    """Table 4: A1 baseline, A2 G only, A3 the extractor itself, A4 M with G frozen, A5 everything."""
+    rows = {
+        "A1": lambda r: r.detector(),
+        "A2": lambda r: r.target("G"),
+        "A3": lambda r: r.extractor(),
+        "A4": lambda r: r.target("M", freeze_g=True),
+        "A5": lambda r: r.target("M"),
+    }
+    return {"rows": _rows(ctx, rows)}
+
+
+def degradation(ctx: ExperimentContext) -> dict:
+    """Table 6: the degradation function that makes I_lr in stages 1 and 2."""
+    rows = {
+        mode: (lambda r, m=mode: r.target("M", extractor=r.extractor(degrade_mode=m)))
+        for mode in ("nearest", "bicubic", "bilinear")
+    }
+    return {"rows": _rows(ctx, rows)}
+
+
+def semantic_level(ctx: ExperimentContext) -> dict:
+    """Table 7: L_SRF(M, D, F) between the same or different pyramid levels."""
+    rows = {
+        "different": lambda r: r.target("M", extractor=r.extractor(semantic_shift=1)),
+        "same": lambda r: r.target("M"),
+    }
+    return {"rows": _rows(ctx, rows)}
+
+
+def cross_head(ctx: ExperimentContext) -> dict:
+    """Table 3: target detectors (rows) trained from extractors with another detection head."""
+    heads = ("mask_rcnn", "retinanet") if _has_masks(ctx) else ("faster_rcnn", "retinanet")
+    rows: dict[str, Callable[[Runs], Path]] = {}
+    for target in heads:
+        rows[f"{target}/baseline"] = lambda r, t=target: r.detector(arch=t)
+        for head in heads:
+            rows[f"{target}/{head}"] = lambda r, t=target, h=head: r.target("M", arch=t, extractor=r.extractor(arch=h))
+    return {"rows": _rows(ctx, rows)}
+
+
+def detectors(ctx: ExperimentContext) -> dict:
+    """Table 1: each detector family with nearest, with G reused and with M reused."""
+    archs = ("faster_rcnn", "retinanet", "fcos") + (("mask_rcnn",) if _has_masks(ctx) else ())
+    rows: dict[str, Callable[[Runs], Path]] = {}
+    for arch in archs:
+        rows[f"{arch}/nearest"] = lambda r, a=arch: r.detector(arch=a)
+        rows[f"{arch}/G"] = lambda r, a=arch: r.target("G", arch=a)
+        rows[f"{arch}/M"] = lambda r, a=arch: r.target("M", arch=a)
+    return {"rows": _rows(ctx, rows)}
+
+
+def adversarial_grad(ctx: ExperimentContext) -> dict:
+    """G trained with the adversarial gradient (the paper's equations) or without (the authors' code)."""
+    rows = {
+        "with_adversarial_grad": lambda r: r.target("G", srf_gan=r.srf_gan(adversarial_grad=True)),
+        "without_adversarial_grad": lambda r: r.target("G", srf_gan=r.srf_gan(adversarial_grad=False)),
+    }
+    result = {"rows": _rows(ctx, rows)}
+    result["fidelity"] = {
+        name: _fidelity_per_seed(ctx, {"srf": lambda r, a=flag: r.srf_gan(adversarial_grad=a)})["srf"]
+        for name, flag in (("with_adversarial_grad", True), ("without_adversarial_grad", False))
+    }
+    return result
+
+
+def _fidelity_per_seed(ctx: ExperimentContext, learned: dict[str, Callable[[Runs], Path]]) -> dict:
+    """Feature fidelity of fixed interpolations and trained generators on photos and the val split."""
+    from .data import load
+    from .eval import feature_fidelity
+    from .models import make_upsampler
+    from .train import load_feature_extractor, load_generator
+
+    out: dict[str, dict] = {}
+    for seed in ctx.seeds:
+        runs = ctx.runs(seed)
+        extractor = load_feature_extractor(runs.detector())
+        upsamplers: dict[str, nn.Module] = {
+            n: make_upsampler(n, ctx.profile.fpn_channels) for n in ("nearest", "bilinear", "bicubic")
+        }
+        upsamplers |= {name: load_generator(make(runs)) for name, make in learned.items()}
+        for split_name, images in _fidelity_images(ctx, load).items():
+            for name, up in upsamplers.items():
+                with torch.no_grad():
+                    value = feature_fidelity(up.eval(), extractor, images)
+                out.setdefault(name, {}).setdefault(split_name, {})[seed] = value
+    return out
+
+
+def _fidelity_images(ctx: ExperimentContext, load: Callable) -> dict[str, torch.Tensor]:
+    """A fixed batch of images per set, resized to the profile's square size."""
+    import torch.nn.functional as F
+
+    sets = {"photos": load("photos", split="val", profile=ctx.profile), "val": load(ctx.dataset, "val", ctx.profile)}
+    size = ctx.profile.image_size
+    batches = {}
+    for name, dataset in sets.items():
+        n = min(len(dataset), 8)
+        images = [F.interpolate(dataset[i][0][None], size=(size, size), mode="bilinear") for i in range(n)]
+        batches[name] = torch.cat(images)
+    return batches
+
+
+def fidelity(ctx: ExperimentContext) -> dict:
+    """Feature L1 / PSNR / cosine per level for interpolations and every trained generator form."""
+    learned = {"srf": lambda r: r.srf_gan()}
+    learned |= {row: (lambda r, v=variant: r.srf_gan(v)) for row, variant in GENERATOR_ROWS.items()}
+    return {"fidelity": _fidelity_per_seed(ctx, learned)}
+
+
+def cost(ctx: ExperimentContext) -> dict:
+    """Parameters and median CPU latency per image of the detector with each upsampler."""
+    from .data import load
+    from .detection import build_detector
+    from .eval import cost as measure
+    from .models import upsampler_names
+
+    num_classes = load(ctx.dataset, "val", ctx.profile).num_classes
+    arch = "mask_rcnn" if _has_masks(ctx) else "faster_rcnn"
+    rows = {}
+    for name in upsampler_names():
+        torch.manual_seed(0)
+        model = build_detector(arch, num_classes, name, ctx.profile)
+        rows[name] = measure(model, (ctx.profile.image_size, ctx.profile.image_size))
+    base = rows["nearest"]
+    for row in rows.values():
+        row["added_params"] = row["params"] - base["params"]
+        row["latency_ratio"] = row["latency_ms"] / base["latency_ms"]
+    return {"arch": arch, "rows": rows}
+
+
+def _has_masks(ctx: ExperimentContext) -> bool:
+    from .data import load
+
+    return bool(load(ctx.dataset, "val", ctx.profile).has_masks)
+
+
+EXPERIMENTS: dict[str, Callable[[ExperimentContext], dict]] = {
+    "interpolation": interpolation,
+    "progressive": progressive,
+    "degradation": degradation,
+    "semantic_level": semantic_level,
+    "cross_head": cross_head,
+    "detectors": detectors,
+    "adversarial_grad": adversarial_grad,
+    "fidelity": fidelity,
+    "cost": cost,
+}
+
+
+def run_experiment(
+    name: str,
+    profile: str | Profile,
+    dataset: str,
+    runs_root: str | Path = "runs",
+    seeds: tuple[int, ...] | None = None,
+    results_root: Path | None = None,
+    **options,
+) -> Path:
+    """Run one experiment and write its result file; returns the file's path.
+
+    ``options`` are :class:`srfkit.train.LoopOptions` fields applied to every stage (e.g. ``iters``
+    in tests); they are recorded in the result file.
+    """
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
+    profile = get_profile(profile)
+    seeds = tuple(seeds or profile.seeds)
+    context = ExperimentContext(profile, dataset, seeds, Path(runs_root), options)
+    t0 = time.perf_counter()
+    payload = EXPERIMENTS[name](context)
+    entry = {
+        "seeds": list(seeds),
+        "config": {"profile": profile.to_dict(), "options": options},
+        **payload,
+        "wall_time_s": time.perf_counter() - t0,
+        "provenance": provenance(),
+    }
+    # One file per experiment; each dataset's entry is replaced, the others kept.
+    previous = load_result(profile.name, name, results_root) or {}
+    datasets = {**previous.get("datasets", {}), dataset: entry}
+    return write_result(profile.name, name, {"datasets": datasets}, results_root)
+
+
+def run_experiments(names: list[str], profile: str, datasets: list[str], **kwargs) -> list[Path]:
+    """Run several experiments on several datasets, in order."""
+    return [run_experiment(n, profile, d, **kwargs) for d in datasets for n in names]
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    from .profiles import PROFILES
+
+    parser.add_argument("--profile", choices=list(PROFILES), default="cpu", help="sizes and schedules [%(default)s]")
+    parser.add_argument(
+        "--only",
+        default=",".join(EXPERIMENTS),
+        help=f"comma-separated experiments to run (default: all): {', '.join(EXPERIMENTS)}",
+    )
+    parser.add_argument("--datasets", default="shapes,trees", help="comma-separated shipped datasets [%(default)s]")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="where stage folders go [%(default)s]")
+    parser.add_argument("--iters", type=int, default=None, help="override every stage's step count (smoke runs)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise SystemExit(f"unknown experiment(s) {', '.join(unknown)}; valid: {', '.join(EXPERIMENTS)}")
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+    options = {"iters": args.iters} if args.iters else {}
+    for path in run_experiments(
+        names, args.profile, args.datasets.split(","), runs_root=args.runs, seeds=seeds, **options
+    ):
+        print(f"wrote {path}")
+    return 0
+
+
+def register_cli() -> None:
+    """Add ``experiments`` to ``python -m srfkit``."""
+    from .cli import SUBCOMMANDS, add_subcommand
+
+    if "experiments" not in SUBCOMMANDS:
+        add_subcommand("experiments", _configure, _run, help="run the paper's ablations and write data/results/")

@@ -1,0 +1,45 @@
+"""The experiment runner writes complete, honest result files (quick profile, few steps)."""
+
+import json
+
+import pytest
+
+from srfkit.experiments import EXPERIMENTS, run_experiment
+from srfkit.results import load_result, mean_std
+
+
+def test_mean_std():
+    assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert mean_std([4.0])["std"] == 0.0
+
+
+def test_unknown_experiment_lists_valid_names(tmp_path):
+    with pytest.raises(ValueError, match="interpolation, progressive"):
+        run_experiment("table9", "quick", "shapes", runs_root=tmp_path)
+
+
+def test_every_experiment_has_a_docstring():
+    assert {"interpolation", "progressive", "degradation", "semantic_level", "cross_head"} <= set(EXPERIMENTS)
+    assert all(fn.__doc__ for fn in EXPERIMENTS.values())
+
+
+def test_progressive_writes_rows_per_seed_and_reuses_stages(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    path = run_experiment(
+        "progressive", "quick", "shapes", runs_root=runs, results_root=results, iters=2, progress=False
+    )
+    document = json.loads(path.read_text())
+    assert path == results / "quick" / "progressive.json"
+    entry = document["datasets"]["shapes"]
+    assert set(entry["rows"]) == {"A1", "A2", "A3", "A4", "A5"}
+    for row in entry["rows"].values():
+        box = row["summary"]["bbox"]["AP"]
+        assert box["n"] == 1 and 0.0 <= box["mean"] <= 100.0
+        assert set(row["per_seed"]) == {"0"}
+    assert entry["provenance"]["git_commit"] and entry["wall_time_s"] > 0
+    assert entry["config"]["options"] == {"iters": 2, "progress": False}
+    # Stage folders are shared: a second run trains nothing and reads cached evaluations.
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("final.pt")}
+    run_experiment("progressive", "quick", "shapes", runs_root=runs, results_root=results, iters=2, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("final.pt")} == stamps
+    assert load_result("quick", "progressive", results)["datasets"]["shapes"]["rows"].keys() == entry["rows"].keys()
