@@ -121,3 +121,17 @@ def test_widget_rejects_bad_input(setup):
         FeatureComparison(extractor, upsamplers, [torch.rand(1, 8, 8)])
     with pytest.raises(ValueError, match="unknown levels"):
         FeatureComparison(extractor, upsamplers, images, levels=["7"])
+
+
+def test_widget_metrics_match_feature_fidelity(setup):
+    """The figures the widget prints are srfkit.eval.feature_fidelity's for that image and level."""
+    from srfkit.eval import feature_fidelity
+
+    extractor, upsamplers, images = setup
+    comp = FeatureComparison(extractor, upsamplers, images)
+    comp.set_state(image=1, level="1")
+    for name, up in upsamplers.items():
+        expected = feature_fidelity(up, extractor, images[1][None], levels=["1"])["1"]
+        got = comp.last_panels.metrics[name]
+        for key in ("l1", "psnr", "cosine"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), (name, key)

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..data import degrade
-from ._interim import fidelity_metrics
+from ..eval import fidelity_metrics
 
 __all__ = [
     "REDUCTIONS",
