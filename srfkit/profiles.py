@@ -63,6 +63,8 @@ class Profile:
         rpn_batch_size_per_image: anchors sampled per image for the RPN loss.
         box_batch_size_per_image: RoIs sampled per image for the box/mask heads.
         detections_per_img: detections kept per image at inference.
+        box_head_dim: width of the two-layer MLP box head of the R-CNNs (1024 in torchvision);
+            the mask head's four convs are ``fpn_channels`` wide (256 in torchvision).
         num_workers: DataLoader workers.
         dataset_images: images generated per split for the synthetic ``shapes`` dataset (train, val).
         guide, srf_gan, extractor, target: the schedules of stages 0-3.
@@ -83,6 +85,7 @@ class Profile:
     rpn_batch_size_per_image: int
     box_batch_size_per_image: int
     detections_per_img: int
+    box_head_dim: int
     num_workers: int
     dataset_images: tuple[int, int]
     guide: Schedule
@@ -122,7 +125,8 @@ QUICK = Profile(
     rpn_post_nms_top_n=(50, 50),
     rpn_batch_size_per_image=64,
     box_batch_size_per_image=32,
-    detections_per_img=50,
+    detections_per_img=20,
+    box_head_dim=128,
     num_workers=0,
     dataset_images=(16, 8),
     guide=Schedule(iters=6, lr=0.01, batch_size=2, warmup_iters=2, checkpoint_every=3),
@@ -147,6 +151,7 @@ CPU = Profile(
     rpn_batch_size_per_image=128,
     box_batch_size_per_image=64,
     detections_per_img=100,
+    box_head_dim=512,
     num_workers=0,
     dataset_images=(400, 100),
     # Sized so that the `interpolation` and `progressive` experiments (3 seeds) fit in about 2 hours on
@@ -174,6 +179,7 @@ PAPER = Profile(
     rpn_batch_size_per_image=256,
     box_batch_size_per_image=512,
     detections_per_img=100,
+    box_head_dim=1024,
     num_workers=4,
     dataset_images=(0, 0),
     guide=Schedule(iters=90_000, lr=0.02, batch_size=2, warmup_iters=1000, checkpoint_every=5000),

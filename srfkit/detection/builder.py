@@ -18,6 +18,8 @@ from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
@@ -135,11 +137,17 @@ def build_detector(
         anchors = AnchorGenerator(
             tuple((s,) for s in profile.anchor_sizes), ((0.5, 1.0, 2.0),) * len(profile.anchor_sizes)
         )
+        # Heads sized by the profile; at the paper profile they equal torchvision's defaults.
+        c, dim = profile.fpn_channels, profile.box_head_dim
+        heads = dict(box_head=TwoMLPHead(c * 7 * 7, dim), box_predictor=FastRCNNPredictor(dim, num_classes))
+        if arch == "mask_rcnn":
+            heads |= dict(mask_head=MaskRCNNHeads(c, (c,) * 4, 1), mask_predictor=MaskRCNNPredictor(c, c, num_classes))
         cls = MaskRCNN if arch == "mask_rcnn" else FasterRCNN
         return cls(
             backbone,
-            num_classes=num_classes,
+            num_classes=None,
             rpn_anchor_generator=anchors,
+            **heads,
             rpn_pre_nms_top_n_train=profile.rpn_pre_nms_top_n[0],
             rpn_pre_nms_top_n_test=profile.rpn_pre_nms_top_n[1],
             rpn_post_nms_top_n_train=profile.rpn_post_nms_top_n[0],
