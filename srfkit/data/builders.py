@@ -538,7 +538,7 @@ def _shapes_image(
 @register_dataset(
     "shapes",
     _shapes_params,
-    version=1,
+    version=2,  # 2: objects per image scale with image area; integer-offset placement
     description="synthetic shapes with instance masks on crops of scikit-image photos",
     licence="CC0 (generated); backgrounds public domain / CC0 (see data/README.md)",
 )

@@ -151,7 +151,8 @@ def coco_evaluate(
         model: a detector whose ``forward(list of (3, H, W))`` returns dicts with ``boxes``,
             ``scores``, ``labels`` (and ``masks`` (N, 1, H, W) for mask AP).
         dataset: a :class:`~srfkit.data.CocoDetection` or a ``Subset`` of one.
-        device: where to run; default: where the model's parameters are.
+        device: where the images are sent; default: where the model's parameters are (the model
+            is not moved, so pass the device it is on).
         max_images: evaluate only the first ``max_images`` images (``None`` or 0: all).
         batch_size: images per forward pass.
         progress: show a tqdm bar.
