@@ -15,6 +15,10 @@ PROFILE ?= quick
 BUILD := _build
 NBVAL_DIR := $(BUILD)/nbval
 TEST_RUNS := $(abspath $(BUILD))/test-runs
+# `make book` trains into a run folder keyed by the library's source, so a change in srfkit retrains
+# (a stale stage would be refused by the trainers anyway) while a text-only rebuild reuses the runs.
+LIB_HASH := $(shell find srfkit -name '*.py' | LC_ALL=C sort | xargs cat | sha1sum | cut -c1-12)
+BOOK_RUNS := $(abspath $(BUILD))/runs/$(LIB_HASH)
 # Chapters that are notebooks (have a kernelspec); references.md is plain text.
 NOTEBOOKS := $(shell grep -l '^kernelspec:' book/*.md)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -37,8 +41,13 @@ data: venv
 	$(PY) data/build.py --profile $(PROFILE)
 
 # Every chapter is executed (execute_notebooks: force); any cell error fails the build.
+# Chapters train into $SRFKIT_RUNS_DIR (default here: the library-keyed folder above).
+book: export SRFKIT_RUNS_DIR ?= $(BOOK_RUNS)
 book: data
 	@mkdir -p $(BUILD); start=$$(date +%s); \
+	if [ "$$SRFKIT_RUNS_DIR" = "$(BOOK_RUNS)" ]; then \
+	  find $(BUILD)/runs -mindepth 1 -maxdepth 1 ! -name $(LIB_HASH) -exec rm -rf {} + 2>/dev/null; fi; \
+	echo "chapters train into $$SRFKIT_RUNS_DIR"; \
 	$(VENV)/bin/jupyter-book build . --builder html 2>&1 | tee $(BUILD)/book-build.log; \
 	status=$${PIPESTATUS[0]}; \
 	echo "make book: jupyter-book took $$(( $$(date +%s) - start )) s (exit $$status)"; \
