@@ -92,6 +92,7 @@ def _loop_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... [CUDA if present; torchrun: cuda:LOCAL_RANK]")
     g.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers [profile's]")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--threads", type=int, help="CPU threads of this process (torch.set_num_threads) [torch's default]")
 
 
 def _arch(p: argparse.ArgumentParser, flag: str = "--arch", what: str = "detector") -> None:
@@ -348,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     from .train.loop import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         code = args._run(args)
     except (NonFiniteLossError, CheckpointMismatchError, FileExistsError, FileNotFoundError, ValueError) as err:

@@ -31,6 +31,15 @@ QUICK = get_profile("quick")
 FAST = dict(progress=False)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, spinning thread pools slow these tests several-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyDetection(torch.utils.data.Dataset):
     """Eight 64x64 images with two filled rectangles each (boxes, labels 1..2, masks): the data contract."""
 
@@ -144,7 +153,7 @@ def test_loaders_rebuild_every_model(run):
     g2 = load_generator(run["extractor"].out_dir)
     assert any(not torch.equal(a, b) for a, b in zip(g.state_dict().values(), g2.state_dict().values()))
     d = load_discriminator(run["srf-gan"].out_dir)
-    assert d.classifier.in_channels == discriminator_widths(QUICK.fpn_channels)[-1]
+    assert d.classifier.in_channels == discriminator_widths(QUICK)[-1] == 4 * QUICK.fpn_channels
     m = load_detector(run["extractor"].out_dir)
     assert m.transform.min_size == (QUICK.image_size // 2,)  # the degraded path is not resized back up
     assert load_detector(run["target"].out_dir).transform.min_size == (QUICK.image_size,)
@@ -323,6 +332,12 @@ def test_resize_matches_the_detector_transform():
     degraded, _ = srfkit.data.degrade(out, None, 0.5)
     assert degraded.shape == (3, 16, 32)
     assert F.l1_loss(degraded, F.interpolate(out[None], scale_factor=0.5, mode="bilinear")[0]) < 0.2
+
+
+def test_discriminator_widths_scale_with_the_profile():
+    assert discriminator_widths(get_profile("paper")) == (512, 1024, 1024)  # the paper's D
+    assert discriminator_widths(QUICK) == (64, 128, 128)
+    assert discriminator_widths(QUICK.replace(extra={"discriminator_widths": (8, 16)})) == (8, 16)
 
 
 def test_pyramid_keys_follow_strides(run):

@@ -5,7 +5,7 @@ it loads with ``torch.load(..., weights_only=True)``::
 
     {"format": "srfkit-checkpoint-1", "stage": "srf-gan", "step": 300, "config": {...},
      "models": {name: state_dict}, "optimizers": {...}, "schedulers": {...}, "scaler": {...} | None,
-     "rng": [per-rank RNG states], "metrics": {...}}
+     "rng": [per-rank RNG states]}
 
 ``config`` describes the run (stage, profile, architecture, options, dataset, world size); a checkpoint
 whose config differs from the one at hand is refused with the differing settings listed.

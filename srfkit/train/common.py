@@ -29,6 +29,7 @@ __all__ = [
     "default_arch",
     "profile_from_dict",
     "discriminator_widths",
+    "discriminator_spec",
     "resize_to_profile",
     "pad_batch",
     "degrade",
@@ -245,9 +246,17 @@ def discriminator_loss(logits_real: list[Tensor], logits_fake: list[Tensor]) -> 
 # ------------------------------------------------------------------------------------------- specs
 
 
-def discriminator_widths(channels: int) -> tuple[int, int, int]:
-    """D's block widths for FPN width C: (2C, 4C, 4C), i.e. the paper's (512, 1024, 1024) at C = 256."""
-    return (2 * channels, 4 * channels, 4 * channels)
+def discriminator_widths(profile: Profile) -> tuple[int, ...]:
+    """D's block widths: ``profile.extra["discriminator_widths"]`` when set, else (2C, 4C, 4C) for FPN
+    width C, which is the paper's (512, 1024, 1024) at C = 256.
+    """
+    c = profile.fpn_channels
+    return tuple(profile.extra.get("discriminator_widths", (2 * c, 4 * c, 4 * c)))
+
+
+def discriminator_spec(profile: Profile) -> dict:
+    """Plain description of D (stored in configs so loaders can rebuild it)."""
+    return {"channels": profile.fpn_channels, "widths": list(discriminator_widths(profile))}
 
 
 def generator_spec(channels: int, variant: str = "paper", num_blocks: int | None = None) -> dict:
@@ -277,8 +286,9 @@ def build_from_spec(spec: dict, upsampler: nn.Module | None = None) -> nn.Module
     return build_detector(spec["arch"], spec["num_classes"], upsampler, profile, **spec["overrides"])
 
 
-def build_discriminator(channels: int) -> FeaturePatchDiscriminator:
-    return FeaturePatchDiscriminator(channels, discriminator_widths(channels))
+def build_discriminator(spec: dict) -> FeaturePatchDiscriminator:
+    """The D a :func:`discriminator_spec` describes (randomly initialised)."""
+    return FeaturePatchDiscriminator(spec["channels"], tuple(spec["widths"]))
 
 
 def upsampler_spec(name: str, profile: Profile, variant: str = "paper", num_blocks: int | None = None) -> dict:
@@ -349,7 +359,7 @@ def load_discriminator(source: str | Path | dict) -> FeaturePatchDiscriminator:
     payload, name = _payload(source)
     if "D" not in payload["models"]:
         raise ValueError(f"{name}: stage {payload['stage']!r} has no discriminator")
-    d = build_discriminator(payload["config"]["discriminator_channels"])
+    d = build_discriminator(payload["config"]["discriminator"])
     load_module_state(d, payload["models"]["D"], source=name)
     return d.eval()
 

@@ -72,7 +72,8 @@ class ExtractorStage(Stage):
     """M (detector with G inside its FPN) and D, trained with the integral loss of Eq. (3).
 
     Args:
-        extractor_model: M; ``spec``: its detector spec. discriminator: D. guide: F (frozen).
+        extractor_model: M; ``spec``: its detector spec. discriminator: D (``discriminator_cfg``: its
+            spec). guide: F (frozen).
         semantic_shift: 0 (paper) or 1 (Table 7's different-level variant; see the module doc).
         l1_weight, adv_weight, adversarial_grad: as in stage 1.
     """
@@ -85,6 +86,7 @@ class ExtractorStage(Stage):
         extractor_model: nn.Module,
         spec: dict,
         discriminator: nn.Module,
+        discriminator_cfg: dict,
         guide: FeatureExtractor,
         profile: Profile,
         dataset: Dataset,
@@ -112,7 +114,7 @@ class ExtractorStage(Stage):
             "profile": profile.to_dict(),
             "dataset": dataset_info(dataset),
             "detector": spec,
-            "discriminator_channels": profile.fpn_channels,
+            "discriminator": discriminator_cfg,
             "semantic_shift": semantic_shift,
             "level_pairs": self.pairs,
             "l1_weight": l1_weight,
@@ -219,12 +221,13 @@ def train_extractor(
     guide, srf_gan = read_stage(guide_dir), read_stage(srf_gan_dir)
     seed_everything(seed)
     model, spec = build_extractor(profile, data, arch, srf_gan, guide)
-    disc = build_discriminator(profile.fpn_channels)
+    disc = build_discriminator(srf_gan["config"]["discriminator"])
     load_module_state(disc, srf_gan["models"]["D"], source=srf_gan_dir)
     stage = ExtractorStage(
         model,
         spec,
         disc,
+        srf_gan["config"]["discriminator"],
         load_feature_extractor(guide),
         profile,
         data,

@@ -443,7 +443,9 @@ def train_loop(
 
     A finished run (``final.pt`` with the same config) is not trained again: its result comes back
     with ``skipped=True``; a different config there is refused. Unfinished checkpoints without
-    ``resume`` are refused too, so nothing is overwritten by accident.
+    ``resume`` are refused too, so nothing is overwritten by accident. ``resume=True`` continues from
+    the newest periodic checkpoint (weights, optimisers, schedulers, AMP scaler, every RNG of every
+    rank, and the data order), or starts afresh when there is none.
 
     Raises:
         NonFiniteLossError: a loss term became NaN/inf (the last good checkpoint stays).
