@@ -73,6 +73,17 @@ def test_stage_commands_take_earlier_stage_folders(pipeline, tmp_path, capsys):
     assert config["seed"] == 3 and config["schedule"]["iters"] == 2
 
 
+def test_two_processes_on_one_folder_train_it_once(tmp_path):
+    out = tmp_path / "guide"
+    command = [sys.executable, "-m", "srfkit", "guide", *QUICK, "--out", str(out), "--threads", "1", "--iters", "2"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    stdout = "".join(o for o, _ in outputs)
+    assert stdout.count("guide: 2 steps in") == 1 and stdout.count("guide: already finished") == 1, stdout
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_errors_are_one_clear_line(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     assert cli.main(["srf-gan", *QUICK, "--out", str(tmp_path / "s"), "--guide", str(missing)]) == 1

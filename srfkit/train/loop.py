@@ -453,8 +453,34 @@ def train_loop(
     """
     options = options or LoopOptions()
     env = init_distributed(options.device)
-    schedule = options.schedule(schedule)
-    run = _Run(stage, schedule, Path(out_dir), seed, options, env)
+    run = _Run(stage, options.schedule(schedule), Path(out_dir), seed, options, env)
+    with _folder_lock(run.out_dir, env):  # a second process on the same folder waits, then skips
+        return _train(run, dataset, resume)
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: Path, env: DistEnv) -> Iterator[None]:
+    """Exclusive lock on ``out_dir/.lock`` held by rank 0 (POSIX only; elsewhere no locking)."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if not env.is_main or fcntl is None:
+        env.barrier()
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        env.barrier()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _train(run: _Run, dataset: Dataset, resume: bool) -> StageResult:
+    stage, env, seed = run.stage, run.env, run.seed
     t0 = time.perf_counter()
     final = checkpoint_path(run.out_dir)
     if final.is_file():
