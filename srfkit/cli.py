@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import experiments
+
 __all__ = ["Subcommand", "SUBCOMMANDS", "add_subcommand", "build_parser", "main"]
 
 
@@ -326,6 +328,12 @@ add_subcommand("srf-gan", _configure_srf_gan, _run_srf_gan, "stage 1: train G an
 add_subcommand("extractor", _configure_extractor, _run_extractor, "stage 2: train the SRF extractor M (Eq. 3)")
 add_subcommand("target", _configure_target, _run_target, "stage 3: train a target detector reusing G or M")
 add_subcommand("pipeline", _configure_pipeline, _run_pipeline, "stages 0-3 in order, skipping finished ones")
+add_subcommand(
+    "experiments",
+    experiments.configure_parser,
+    experiments.run_from_args,
+    "the paper's ablations on shipped data; writes data/results/<profile>/<experiment>.json",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from torch import nn
 from .profiles import Profile, get_profile
 from .results import load_result, mean_std, provenance, write_result
 
-__all__ = ["EXPERIMENTS", "Runs", "run_experiment", "run_experiments"]
+__all__ = ["EXPERIMENTS", "Runs", "configure_parser", "run_experiment", "run_experiments", "run_from_args"]
 
 # Upsamplers trained from scratch inside the detector (no SRF-GAN stages needed).
 PLAIN_UPSAMPLERS = ("nearest", "bilinear", "bicubic", "dysample", "dysample_dynamic", "carafe")
@@ -77,7 +77,7 @@ class Runs:
             guide_dir=self.detector(),
             variant=variant,
             adversarial_grad=adversarial_grad,
-            **_mode_kwargs(degrade_mode),
+            degrade_mode=degrade_mode,
         )
 
     def extractor(self, arch: str | None = None, semantic_shift: int = 0, degrade_mode: str = "bilinear") -> Path:
@@ -93,7 +93,7 @@ class Runs:
             srf_gan_dir=self.srf_gan(degrade_mode=degrade_mode),
             arch=arch,
             semantic_shift=semantic_shift,
-            **_mode_kwargs(degrade_mode),
+            degrade_mode=degrade_mode,
         )
 
     def target(
@@ -122,10 +122,6 @@ class Runs:
 
 def _mode_suffix(mode: str) -> str:
     return "" if mode == "bilinear" else f"_deg{mode}"
-
-
-def _mode_kwargs(mode: str) -> dict:
-    return {} if mode == "bilinear" else {"degrade_mode": mode}
 
 
 def evaluate_stage(stage_dir: Path, profile: Profile, dataset: str, full_resolution: bool = True) -> dict:
@@ -385,7 +381,8 @@ def run_experiments(names: list[str], profile: str, datasets: list[str], **kwarg
     return [run_experiment(n, profile, d, **kwargs) for d in datasets for n in names]
 
 
-def _configure(parser: argparse.ArgumentParser) -> None:
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m srfkit experiments``."""
     from .profiles import PROFILES
 
     parser.add_argument("--profile", choices=list(PROFILES), default="cpu", help="sizes and schedules [%(default)s]")
@@ -400,7 +397,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=None, help="override every stage's step count (smoke runs)")
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_from_args(args: argparse.Namespace) -> int:
+    """Action of ``python -m srfkit experiments``."""
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
@@ -412,11 +410,3 @@ def _run(args: argparse.Namespace) -> int:
     ):
         print(f"wrote {path}")
     return 0
-
-
-def register_cli() -> None:
-    """Add ``experiments`` to ``python -m srfkit``."""
-    from .cli import SUBCOMMANDS, add_subcommand
-
-    if "experiments" not in SUBCOMMANDS:
-        add_subcommand("experiments", _configure, _run, help="run the paper's ablations and write data/results/")

@@ -43,3 +43,16 @@ def test_progressive_writes_rows_per_seed_and_reuses_stages(tmp_path):
     run_experiment("progressive", "quick", "shapes", runs_root=runs, results_root=results, iters=2, progress=False)
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("final.pt")} == stamps
     assert load_result("quick", "progressive", results)["datasets"]["shapes"]["rows"].keys() == entry["rows"].keys()
+
+
+def test_cost_from_the_command_line(tmp_path, monkeypatch):
+    from srfkit.cli import main
+    from srfkit.models import upsampler_names
+
+    monkeypatch.setenv("SRFKIT_RESULTS_DIR", str(tmp_path))
+    assert main(["experiments", "--profile", "quick", "--only", "cost", "--datasets", "shapes"]) == 0
+    entry = json.loads((tmp_path / "quick" / "cost.json").read_text())["datasets"]["shapes"]
+    rows = entry["rows"]
+    assert set(rows) == set(upsampler_names())
+    assert rows["nearest"]["added_params"] == 0 and rows["nearest"]["latency_ratio"] == 1.0
+    assert rows["srf"]["added_params"] > rows["srf_light"]["added_params"] > rows["dysample"]["added_params"] > 0

@@ -337,7 +337,7 @@ def test_resize_matches_the_detector_transform():
 def test_discriminator_widths_scale_with_the_profile():
     assert discriminator_widths(get_profile("paper")) == (512, 1024, 1024)  # the paper's D
     assert discriminator_widths(QUICK) == (64, 128, 128)
-    assert discriminator_widths(QUICK.replace(extra={"discriminator_widths": (8, 16)})) == (8, 16)
+    assert discriminator_widths(QUICK.replace(discriminator_widths=(8, 16, 16))) == (8, 16, 16)
 
 
 def test_pyramid_keys_follow_strides(run):

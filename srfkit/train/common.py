@@ -156,11 +156,13 @@ def pad_batch(images: list[Tensor], divisor: int = PAD_DIVISOR) -> Tensor:
     return batch
 
 
-def degrade(image: Tensor, target: dict | None = None, scale: float = 0.5) -> tuple[Tensor, dict | None]:
-    """``srfkit.data.degrade`` (bilinear, boxes/masks/area scaled), imported when first needed."""
+def degrade(
+    image: Tensor, target: dict | None = None, scale: float = 0.5, mode: str = "bilinear"
+) -> tuple[Tensor, dict | None]:
+    """``srfkit.data.degrade`` (boxes/masks/area scaled), imported when first needed."""
     from .. import data
 
-    return data.degrade(image, target, scale=scale, mode="bilinear")
+    return data.degrade(image, target, scale=scale, mode=mode)
 
 
 # ------------------------------------------------------------------------------------ pyramid levels
@@ -247,11 +249,8 @@ def discriminator_loss(logits_real: list[Tensor], logits_fake: list[Tensor]) -> 
 
 
 def discriminator_widths(profile: Profile) -> tuple[int, ...]:
-    """D's block widths: ``profile.extra["discriminator_widths"]`` when set, else (2C, 4C, 4C) for FPN
-    width C, which is the paper's (512, 1024, 1024) at C = 256.
-    """
-    c = profile.fpn_channels
-    return tuple(profile.extra.get("discriminator_widths", (2 * c, 4 * c, 4 * c)))
+    """D's block widths (the profile's ``discriminator_widths``)."""
+    return tuple(profile.discriminator_widths)
 
 
 def discriminator_spec(profile: Profile) -> dict:

@@ -76,6 +76,7 @@ class ExtractorStage(Stage):
             spec). guide: F (frozen).
         semantic_shift: 0 (paper) or 1 (Table 7's different-level variant; see the module doc).
         l1_weight, adv_weight, adversarial_grad: as in stage 1.
+        degrade_mode: interpolation that makes I_lr (Table 6).
     """
 
     name = "extractor"
@@ -94,6 +95,7 @@ class ExtractorStage(Stage):
         l1_weight: float = 1.0,
         adv_weight: float = ADV_WEIGHT,
         adversarial_grad: bool = True,
+        degrade_mode: str = "bilinear",
         extra: dict | None = None,
         sources: dict | None = None,
     ) -> None:
@@ -104,6 +106,7 @@ class ExtractorStage(Stage):
         self.guide, self.profile = guide, profile
         self.semantic_shift, self.l1_weight = semantic_shift, l1_weight
         self.adv_weight, self.adversarial_grad = adv_weight, adversarial_grad
+        self.degrade_mode = degrade_mode
         m_keys, f_keys = pyramid_keys(extractor_model), pyramid_keys(guide)
         self.pairs = [
             (m_keys[k], f_keys[k + semantic_shift]) for k in SRF_LEVELS if k in m_keys and k + semantic_shift in f_keys
@@ -120,6 +123,7 @@ class ExtractorStage(Stage):
             "l1_weight": l1_weight,
             "adv_weight": adv_weight,
             "adversarial_grad": adversarial_grad,
+            "degrade_mode": degrade_mode,
             **(extra or {}),
         }
         self._sources = sources or {}
@@ -147,7 +151,7 @@ class ExtractorStage(Stage):
     def inputs(self, images: list[torch.Tensor], targets: list[dict]):
         """(half-size images, scaled targets, guide targets per level pair)."""
         full = [resize_to_profile(img, tgt, self.profile) for img, tgt in zip(images, targets)]
-        half = [degrade(img, tgt, 0.5) for img, tgt in full]
+        half = [degrade(img, tgt, 0.5, self.degrade_mode) for img, tgt in full]
         with torch.no_grad():
             feats = self.guide(pad_batch([img for img, _ in full]))
         real = [
@@ -171,8 +175,14 @@ class ExtractorStage(Stage):
         ctx.update("M", {**det, "srf_l1": l1, "srf_adv": adv}, total=total)
 
 
-def build_extractor(profile: Profile, data: Dataset, arch: str, srf_gan: dict, guide: dict) -> tuple[nn.Module, dict]:
-    """M: detector at half size with stage-1 G as its upsampler, other weights from the guide."""
+def build_extractor(
+    profile: Profile, data: Dataset, arch: str, srf_gan: dict, guide: dict, init_from_guide: bool = False
+) -> tuple[nn.Module, dict]:
+    """M: detector at half size with stage-1 G as its upsampler.
+
+    Its other weights start fresh, as in the paper ("the other parameters of the multi-scale SRF
+    extractor are initialized"), or from the guide where they fit when ``init_from_guide``.
+    """
     generator = load_generator(srf_gan).train()
     spec = detector_spec(
         arch,
@@ -183,8 +193,9 @@ def build_extractor(profile: Profile, data: Dataset, arch: str, srf_gan: dict, g
         max_size=(profile.max_size + 1) // 2,
     )
     model = build_from_spec(spec, upsampler=generator)
-    guide_state = {k: v for k, v in guide["models"]["detector"].items() if ".upsampler." not in k}
-    load_matching(model, guide_state)
+    if init_from_guide:
+        guide_state = {k: v for k, v in guide["models"]["detector"].items() if ".upsampler." not in k}
+        load_matching(model, guide_state)
     return model, spec
 
 
@@ -202,16 +213,22 @@ def train_extractor(
     l1_weight: float = 1.0,
     adv_weight: float = ADV_WEIGHT,
     adversarial_grad: bool = True,
+    init_from_guide: bool = False,
+    degrade_mode: str = "bilinear",
     **options,
 ) -> StageResult:
     """Stage 2: train M (detection + per-level SRF loss against the guide) and D, on degraded images.
 
     Args:
-        guide_dir: finished guide stage (F, and M's initial backbone/FPN/head weights where they fit).
+        guide_dir: finished guide stage (F).
         srf_gan_dir: finished srf-gan stage (G inside M's FPN, D).
         arch: M's detection head (default: ``mask_rcnn`` if the dataset has masks, else ``faster_rcnn``).
         semantic_shift: 1 for Table 7's different-semantic-level variant.
         l1_weight, adv_weight, adversarial_grad: as in :func:`~srfkit.train.train_srf_gan`.
+        init_from_guide: start M's backbone, FPN and heads from the guide's weights where they fit
+            (default False: fresh, as in the paper; True gives M-reusing targets extra training that
+            a baseline does not get).
+        degrade_mode: interpolation of the degradation function (Table 6): bilinear, nearest, bicubic.
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
     profile = get_profile(profile)
@@ -220,7 +237,7 @@ def train_extractor(
     check_arch(arch, data)
     guide, srf_gan = read_stage(guide_dir), read_stage(srf_gan_dir)
     seed_everything(seed)
-    model, spec = build_extractor(profile, data, arch, srf_gan, guide)
+    model, spec = build_extractor(profile, data, arch, srf_gan, guide, init_from_guide)
     disc = build_discriminator(srf_gan["config"]["discriminator"])
     load_module_state(disc, srf_gan["models"]["D"], source=srf_gan_dir)
     stage = ExtractorStage(
@@ -235,7 +252,12 @@ def train_extractor(
         l1_weight=l1_weight,
         adv_weight=adv_weight,
         adversarial_grad=adversarial_grad,
-        extra={"guide": guide["config"]["detector"], "srf_gan": srf_gan["config"]["generator"]},
+        degrade_mode=degrade_mode,
+        extra={
+            "guide": guide["config"]["detector"],
+            "srf_gan": srf_gan["config"]["generator"],
+            "init_from_guide": init_from_guide,
+        },
         sources={"guide": str(guide_dir), "srf_gan": str(srf_gan_dir)},
     )
     return train_loop(stage, data, out_dir, profile.extractor, seed, resume, loop_options(profile, options))

@@ -58,6 +58,7 @@ class SRFGANStage(Stage):
         profile: sizes; ``dataset``: for the config.
         l1_weight, adv_weight: weights of the L1 and adversarial terms in G's loss (1 and 1e-3).
         adversarial_grad: let the adversarial term's gradient reach G (False: the authors' code).
+        degrade_mode: interpolation that makes I_lr (Table 6: bilinear, nearest or bicubic).
     """
 
     name = "srf-gan"
@@ -74,6 +75,7 @@ class SRFGANStage(Stage):
         l1_weight: float = 1.0,
         adv_weight: float = ADV_WEIGHT,
         adversarial_grad: bool = True,
+        degrade_mode: str = "bilinear",
         guide_config: dict | None = None,
         sources: dict | None = None,
     ) -> None:
@@ -81,6 +83,7 @@ class SRFGANStage(Stage):
         self.modules = {"G": generator, "D": discriminator}
         self.extractor, self.profile = extractor, profile
         self.l1_weight, self.adv_weight, self.adversarial_grad = l1_weight, adv_weight, adversarial_grad
+        self.degrade_mode = degrade_mode
         keys = pyramid_keys(extractor)
         self.keys = [keys[k] for k in SRF_LEVELS if k in keys]
         self._config = {
@@ -91,6 +94,7 @@ class SRFGANStage(Stage):
             "l1_weight": l1_weight,
             "adv_weight": adv_weight,
             "adversarial_grad": adversarial_grad,
+            "degrade_mode": degrade_mode,
             "levels": [k for k in SRF_LEVELS if k in keys],
             "guide": guide_config,
         }
@@ -120,7 +124,7 @@ class SRFGANStage(Stage):
     def features(self, images: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(F(I_lr)_i, F(I)_i) over the levels, for a list of (3, H, W) images."""
         hr = pad_batch([resize_to_profile(img, None, self.profile)[0] for img in images])
-        lr, _ = degrade(hr, None, 0.5)
+        lr, _ = degrade(hr, None, 0.5, self.degrade_mode)
         feats_hr, feats_lr = self.extractor(hr), self.extractor(lr)
         return [feats_lr[k] for k in self.keys], [feats_hr[k] for k in self.keys]
 
@@ -152,6 +156,7 @@ def train_srf_gan(
     l1_weight: float = 1.0,
     adv_weight: float = ADV_WEIGHT,
     adversarial_grad: bool = True,
+    degrade_mode: str = "bilinear",
     **options,
 ) -> StageResult:
     """Stage 1: train G (``SRFGenerator``, width ``profile.fpn_channels``) and D against the guide's F.
@@ -161,6 +166,7 @@ def train_srf_gan(
         variant, num_blocks: generator form (``paper``, ``released``, ``light``, ``depthwise``).
         l1_weight, adv_weight: weights of L1 and of the adversarial term (lambda = 1e-3).
         adversarial_grad: False reproduces the authors' code (adversarial term detached from G).
+        degrade_mode: interpolation of the degradation function (Table 6).
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
     profile = get_profile(profile)
@@ -178,6 +184,7 @@ def train_srf_gan(
         l1_weight=l1_weight,
         adv_weight=adv_weight,
         adversarial_grad=adversarial_grad,
+        degrade_mode=degrade_mode,
         guide_config=guide["config"]["detector"],
         sources={"guide": str(guide_dir)},
     )
