@@ -1,4 +1,4 @@
-"""Shared fixtures: small COCO-format datasets written on the fly."""
+"""Shared fixtures: small COCO-format datasets written on the fly, and one torch thread per test."""
 
 from __future__ import annotations
 
@@ -8,8 +8,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, spinning thread pools slow the tests several-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_coco(root: Path, data: dict, images: dict[str, Image.Image]) -> tuple[Path, Path]:

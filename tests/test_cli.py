@@ -5,21 +5,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from srfkit import cli
 from srfkit.train import STAGES
 
 QUICK = ["--profile", "quick", "--dataset", "shapes", "--no-progress"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning thread pools slow these tests several-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -6,21 +6,9 @@ import socket
 import subprocess
 import sys
 
-import pytest
-import torch
-
 from srfkit import data
 from srfkit.profiles import get_profile
 from srfkit.train import load_checkpoint, train_guide
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning thread pools slow these tests several-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _free_port() -> int:

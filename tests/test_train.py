@@ -31,15 +31,6 @@ QUICK = get_profile("quick")
 FAST = dict(progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning thread pools slow these tests several-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyDetection(torch.utils.data.Dataset):
     """Eight 64x64 images with two filled rectangles each (boxes, labels 1..2, masks): the data contract."""
 

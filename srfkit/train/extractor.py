@@ -21,7 +21,6 @@ with the spatial size matched; this one changes nothing else in the stage.)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +103,7 @@ class ExtractorStage(Stage):
             raise ValueError(f"semantic_shift must be 0 (same level) or 1 (next level), not {semantic_shift!r}")
         self.modules = {"M": extractor_model, "D": discriminator}
         self.guide, self.profile = guide, profile
+        self.frozen = {"F": guide}
         self.semantic_shift, self.l1_weight = semantic_shift, l1_weight
         self.adv_weight, self.adversarial_grad = adv_weight, adversarial_grad
         self.degrade_mode = degrade_mode
@@ -130,20 +130,6 @@ class ExtractorStage(Stage):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {k: [p for p in m.parameters() if p.requires_grad] for k, m in self.modules.items()}
-
-    def config(self) -> dict[str, Any]:
-        return self._config
-
-    def sources(self) -> dict[str, Any]:
-        return self._sources
-
-    def to(self, device: torch.device) -> None:
-        super().to(device)
-        self.guide.to(device)
-
-    def train_mode(self) -> None:
-        super().train_mode()
-        self.guide.eval()
 
     def wrap(self, env) -> None:
         self.run = {"M": env.wrap(self.modules["M"]), "D": env.wrap(LevelMap(self.modules["D"]))}

@@ -7,7 +7,6 @@ the paper's ablation (Table 4). The same :class:`DetectorStage` trains stage 3's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -68,12 +67,6 @@ class DetectorStage(Stage):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"detector": [p for p in self.modules["detector"].parameters() if p.requires_grad]}
-
-    def config(self) -> dict[str, Any]:
-        return self._config
-
-    def sources(self) -> dict[str, Any]:
-        return self._sources
 
     def train_mode(self) -> None:
         self.modules["detector"].train()

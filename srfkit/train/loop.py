@@ -137,10 +137,12 @@ class StageResult:
 class Stage:
     """One training stage: its modules, optimiser groups, config and step.
 
-    Subclasses fill ``self.modules`` (everything saved in checkpoints, by name) and implement
-    :meth:`param_groups`, :meth:`config` and :meth:`step`. The loop replaces entries of ``self.run``
-    (initially the same modules) by their DistributedDataParallel wrappers under torchrun; forward
-    passes go through ``self.run[name]``, saving through ``self.modules[name]``.
+    Subclasses fill ``self.modules`` (everything saved in checkpoints, by name), ``self.frozen``
+    (helpers such as the guide F: moved to the device, kept in eval mode, never saved), the run's
+    ``self._config`` and ``self._sources``, and implement :meth:`param_groups` and :meth:`step`. The loop
+    replaces entries of ``self.run`` (initially the same modules) by their DistributedDataParallel
+    wrappers under torchrun; forward passes go through ``self.run[name]``, saving through
+    ``self.modules[name]``.
     """
 
     name = "stage"
@@ -148,7 +150,10 @@ class Stage:
 
     def __init__(self) -> None:
         self.modules: dict[str, nn.Module] = {}
+        self.frozen: dict[str, nn.Module] = {}
         self.run: dict[str, nn.Module] = {}
+        self._config: dict[str, Any] = {}
+        self._sources: dict[str, Any] = {}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Optimiser name -> trainable parameters (one SGD and one LR scheduler each)."""
@@ -156,19 +161,21 @@ class Stage:
 
     def config(self) -> dict[str, Any]:
         """Plain-container settings that define the run (compared on resume)."""
-        raise NotImplementedError
+        return self._config
 
     def sources(self) -> dict[str, Any]:
         """Informative settings stored in config.json but not compared on resume (e.g. input folders)."""
-        return {}
+        return self._sources
 
     def train_mode(self) -> None:
         """Set train/eval modes before each step (frozen parts stay in eval)."""
         for module in self.modules.values():
             module.train()
+        for module in self.frozen.values():
+            module.eval()
 
     def to(self, device: torch.device) -> None:
-        for module in self.modules.values():
+        for module in (*self.modules.values(), *self.frozen.values()):
             module.to(device)
 
     def wrap(self, env: DistEnv) -> None:

@@ -15,7 +15,6 @@ For a batch of images I (resized as the detector would, padded to a multiple of 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -82,6 +81,7 @@ class SRFGANStage(Stage):
         super().__init__()
         self.modules = {"G": generator, "D": discriminator}
         self.extractor, self.profile = extractor, profile
+        self.frozen = {"F": extractor}
         self.l1_weight, self.adv_weight, self.adversarial_grad = l1_weight, adv_weight, adversarial_grad
         self.degrade_mode = degrade_mode
         keys = pyramid_keys(extractor)
@@ -102,20 +102,6 @@ class SRFGANStage(Stage):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {name: list(self.modules[name].parameters()) for name in ("G", "D")}
-
-    def config(self) -> dict[str, Any]:
-        return self._config
-
-    def sources(self) -> dict[str, Any]:
-        return self._sources
-
-    def to(self, device: torch.device) -> None:
-        super().to(device)
-        self.extractor.to(device)
-
-    def train_mode(self) -> None:
-        super().train_mode()
-        self.extractor.eval()
 
     def wrap(self, env) -> None:
         self.run = {k: env.wrap(LevelMap(m)) if k in self.ddp_modules else m for k, m in self.modules.items()}
