@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .profiles import Profile, get_profile
-from .results import load_result, mean_std, provenance, write_result
+from .results import load_result, mean_std, provenance, results_path, write_result
+from .train.checkpoint import save_checkpoint
 
 __all__ = ["EXPERIMENTS", "Runs", "configure_parser", "run_experiment", "run_experiments", "run_from_args"]
 
@@ -177,6 +178,7 @@ class ExperimentContext:
     seeds: tuple[int, ...]
     runs_root: Path
     options: dict = field(default_factory=dict)
+    results_root: Path | None = None
 
     def runs(self, seed: int) -> Runs:
         return Runs(self.profile, self.dataset, seed, self.runs_root, self.options)
@@ -296,10 +298,67 @@ def _fidelity_images(ctx: ExperimentContext, load: Callable) -> dict[str, torch.
 
 
 def fidelity(ctx: ExperimentContext) -> dict:
-    """Feature L1 / PSNR / cosine per level for interpolations and every trained generator form."""
+    """Feature L1 / PSNR / cosine per level for interpolations and every trained generator form.
+
+    Also stores a small probe (the light G of the first seed and its guide features of two photos)
+    beside the result file, with the fidelity it gives, so a test can re-evaluate it.
+    """
+    from .data import load
+    from .train import load_feature_extractor
+
     learned = {"srf": lambda r: r.srf_gan()}
     learned |= {row: (lambda r, v=variant: r.srf_gan(v)) for row, variant in GENERATOR_ROWS.items()}
-    return {"fidelity": _fidelity_per_seed(ctx, learned)}
+    result = {"fidelity": _fidelity_per_seed(ctx, learned)}
+    runs = ctx.runs(ctx.seeds[0])
+    images = _fidelity_images(ctx, load)["photos"][:2]
+    probe = make_fidelity_probe(load_feature_extractor(runs.detector()), runs.srf_gan("light"), images)
+    path = probe_path(ctx.profile.name, ctx.dataset, ctx.results_root)
+    save_checkpoint(path, probe)
+    result["probe"] = {"file": path.name, "seed": ctx.seeds[0], "generator": "srf_light"}
+    result["probe"]["fidelity"] = probe_fidelity(probe)
+    return result
+
+
+def probe_path(profile: str, dataset: str, root: Path | None = None) -> Path:
+    """``data/results/<profile>/fidelity_probe-<dataset>.pt``."""
+    return results_path(profile, f"fidelity_probe-{dataset}", root).with_suffix(".pt")
+
+
+@torch.no_grad()
+def make_fidelity_probe(extractor: nn.Module, srf_gan_dir: Path, images: torch.Tensor) -> dict:
+    """A trained G and the guide features it is judged on, small enough to commit.
+
+    Features are stored in float16 (about 0.2 MB per image at C=128, 128 px); the recorded figure is
+    computed from the stored values, so re-evaluating the probe must give it back exactly.
+    """
+    from .data import degrade
+    from .train import read_stage
+
+    stage = read_stage(srf_gan_dir)
+    target, source = extractor(images), extractor(degrade(images)[0])
+    levels = [k for k in target if k != "pool"]
+    return {
+        "format": "srfkit-fidelity-probe-1",
+        "generator_spec": stage["config"]["generator"],
+        "generator": stage["models"]["G"],
+        "levels": {k: {"input": source[k].half(), "target": target[k].half()} for k in levels},
+    }
+
+
+@torch.no_grad()
+def probe_fidelity(probe: dict) -> dict[str, dict[str, float]]:
+    """Per-level fidelity of the probe's G on its stored features (see :func:`make_fidelity_probe`)."""
+    from .eval import fidelity_metrics
+    from .train.common import build_upsampler
+
+    generator = build_upsampler(probe["generator_spec"])
+    generator.load_state_dict(probe["generator"])
+    generator.eval()
+    out = {}
+    for level, pair in probe["levels"].items():
+        target = pair["target"].float()
+        out[level] = fidelity_metrics(generator(pair["input"].float(), size=tuple(target.shape[-2:])), target)
+    return out
 
 
 def cost(ctx: ExperimentContext) -> dict:
@@ -360,7 +419,7 @@ def run_experiment(
         raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
     profile = get_profile(profile)
     seeds = tuple(seeds or profile.seeds)
-    context = ExperimentContext(profile, dataset, seeds, Path(runs_root), options)
+    context = ExperimentContext(profile, dataset, seeds, Path(runs_root), options, results_root)
     t0 = time.perf_counter()
     payload = EXPERIMENTS[name](context)
     entry = {

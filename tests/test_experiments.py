@@ -3,9 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from srfkit.experiments import EXPERIMENTS, run_experiment
-from srfkit.results import load_result, mean_std
+from srfkit.results import RESULTS_DIR, load_result, mean_std
 
 
 def test_mean_std():
@@ -56,3 +57,33 @@ def test_cost_from_the_command_line(tmp_path, monkeypatch):
     assert set(rows) == set(upsampler_names())
     assert rows["nearest"]["added_params"] == 0 and rows["nearest"]["latency_ratio"] == 1.0
     assert rows["srf"]["added_params"] > rows["srf_light"]["added_params"] > rows["dysample"]["added_params"] > 0
+
+
+def test_fidelity_writes_a_probe_that_re_evaluates_exactly(tmp_path):
+    from srfkit.experiments import probe_fidelity, probe_path
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    run_experiment("fidelity", "quick", "shapes", runs_root=runs, results_root=results, iters=2, progress=False)
+    entry = load_result("quick", "fidelity", results)["datasets"]["shapes"]
+    for name in ("nearest", "bilinear", "bicubic", "srf", "srf_light", "srf_depthwise"):
+        assert set(entry["fidelity"][name]) == {"photos", "val"}
+    stored = entry["probe"]["fidelity"]
+    probe = torch.load(probe_path("quick", "shapes", results), weights_only=True)
+    assert probe_fidelity(probe) == stored
+
+
+COMMITTED_PROBES = sorted(RESULTS_DIR.glob("*/fidelity_probe-*.pt"))
+
+
+@pytest.mark.parametrize("path", COMMITTED_PROBES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_committed_probe_gives_back_its_stored_fidelity(path):
+    """A real run's G, re-evaluated on its stored features, gives the figure in the result file."""
+    from srfkit.experiments import probe_fidelity
+
+    dataset = path.stem.split("-", 1)[1]
+    entry = load_result(path.parent.name, "fidelity")["datasets"][dataset]
+    assert entry["probe"]["file"] == path.name
+    recomputed = probe_fidelity(torch.load(path, weights_only=True))
+    for level, metrics in entry["probe"]["fidelity"].items():
+        for key, value in metrics.items():
+            assert recomputed[level][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (level, key)
