@@ -23,6 +23,9 @@ BOOK_RUNS := $(abspath $(BUILD))/runs/$(LIB_HASH)
 NOTEBOOKS := $(shell grep -l '^kernelspec:' book/*.md)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export SRFKIT_PROFILE := $(PROFILE)
+# One intra-op thread per process: on a small shared CPU (CI), two threads oversubscribe it and a
+# quick-profile training step was measured 25x slower under load. Override with OMP_NUM_THREADS=N.
+export OMP_NUM_THREADS ?= 1
 # Notebook kernels must keep matplotlib's inline backend: never export MPLBACKEND here.
 unexport MPLBACKEND
 

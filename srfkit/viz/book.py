@@ -35,6 +35,7 @@ __all__ = [
     "result_rows",
     "result_source",
     "paper_vs_ours",
+    "plot_paper_vs_ours",
 ]
 
 
@@ -189,16 +190,22 @@ def result_rows(doc: Mapping, metric: str = "AP") -> dict[str, list[list]]:
     return out
 
 
-def result_source(doc: Mapping) -> str:
-    """One Markdown sentence saying which run made a result file (commit, device, seeds, time)."""
+def result_source(doc: Mapping, path: str | Path | None = None) -> str:
+    """One Markdown sentence saying which run made a result file (commit, device, seeds, time).
+
+    ``path`` is where the file was read from (default: ``data/results/<profile>/<experiment>.json``).
+    """
+    if path is None:
+        path = f"data/results/{doc.get('profile', '?')}/{doc.get('experiment', '?')}.json"
     prov = doc.get("provenance", {})
     parts = []
     for dataset, entry in doc.get("datasets", {}).items():
         seeds = entry.get("seeds", [])
         wall = entry.get("wall_time_s")
-        parts.append(f"`{dataset}`: seeds {seeds}" + (f", {wall / 60:.0f} min" if wall else ""))
+        took = "" if not wall else f", {wall:.0f} s" if wall < 120 else f", {wall / 60:.0f} min"
+        parts.append(f"`{dataset}`: seeds {seeds}{took}")
     return (
-        f"*Source: `data/results/{doc.get('profile', '?')}/{doc.get('experiment', '?')}.json`, written by "
+        f"*Source: `{path}`, written by "
         f"`python -m srfkit experiments` at commit `{prov.get('git_commit', '?')}` on {prov.get('device', '?')}, "
         f"finished {prov.get('finished_utc', '?')} ({'; '.join(parts)}).*"
     )
@@ -239,3 +246,43 @@ def paper_vs_ours(
     header = ["", *columns, "AP box", "AP mask"]
     groups = [("", 1 + first_numeric), ("paper (COCO val2017, quoted)", len(columns) - first_numeric), (label, 2)]
     return html_table(header, rows, caption=table["caption"], digits=digits, groups=groups)
+
+
+def plot_paper_vs_ours(
+    table_key: str,
+    doc: Mapping | None,
+    dataset: str,
+    row_map: Mapping[str, str] | None = None,
+    metric_column: str = "AP box",
+) -> Figure:
+    """Two bar panels: the paper's quoted ``metric_column`` per row, and our box AP (mean ± std)."""
+    from ..reference import paper_table
+
+    table = paper_table(table_key)
+    col = table["columns"].index(metric_column)
+    keys = list(table["rows"])
+    paper = [table["rows"][k][col] for k in keys]
+    ours_rows = (doc or {}).get("datasets", {}).get(dataset, {}).get("rows", {})
+    means, stds = [], []
+    for k in keys:
+        cell = _summary_cell(ours_rows.get((row_map or {}).get(k, k), {}), "bbox")
+        means.append(math.nan if cell is None else cell["mean"])
+        stds.append(0.0 if cell is None else cell.get("std", 0.0))
+    fig = Figure(figsize=(9, 2.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    y = np.arange(len(keys))
+    axes[0].barh(y, [math.nan if v is None else v for v in paper], color="0.6")
+    axes[0].set_title(f"paper (COCO, quoted): {metric_column}", fontsize=9)
+    axes[1].barh(y, means, xerr=stds, color="C0", capsize=3)
+    profile = (doc or {}).get("profile", "-")
+    axes[1].set_title(f"ours ({profile}, {dataset}): box AP, mean ± std over seeds", fontsize=9)
+    for ax in axes:
+        ax.set_yticks(y, keys, fontsize=8)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    top = max([m + s for m, s in zip(means, stds) if not math.isnan(m)], default=0.0)
+    axes[1].set_xlim(0, max(1.0, 1.1 * top))
+    finite = [p for p in paper if p is not None]
+    if finite:
+        axes[0].set_xlim(min(finite) - 3, max(finite) + 1)
+    return fig
