@@ -81,8 +81,13 @@ class DetectorStage(Stage):
 
 
 def loop_options(profile: Profile, options: dict) -> LoopOptions:
-    """:class:`LoopOptions` from keyword options (unknown names raise ``TypeError``)."""
+    """:class:`LoopOptions` from keyword options (unknown names raise ``TypeError``).
+
+    Unset ``num_workers`` and ``clip_grad`` come from the profile (``clip_grad=None`` disables clipping).
+    """
     opts = LoopOptions(**options)
+    if "clip_grad" not in options:
+        opts.clip_grad = profile.clip_grad
     if opts.num_workers is None:
         opts.num_workers = profile.num_workers
     return opts
