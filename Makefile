@@ -43,7 +43,8 @@ venv: $(STAMP)
 data: venv
 	$(PY) data/build.py --profile $(PROFILE)
 
-# Every chapter is executed (execute_notebooks: force); any cell error fails the build.
+# Every chapter is executed on every build (--all: Sphinx would otherwise re-read, and so re-execute,
+# only the pages whose text changed); any cell error fails the build.
 # Chapters train into $SRFKIT_RUNS_DIR (default here: the library-keyed folder above).
 book: export SRFKIT_RUNS_DIR ?= $(BOOK_RUNS)
 book: data
@@ -51,7 +52,7 @@ book: data
 	if [ "$$SRFKIT_RUNS_DIR" = "$(BOOK_RUNS)" ]; then \
 	  find $(BUILD)/runs -mindepth 1 -maxdepth 1 ! -name $(LIB_HASH) -exec rm -rf {} + 2>/dev/null; fi; \
 	echo "chapters train into $$SRFKIT_RUNS_DIR"; \
-	$(VENV)/bin/jupyter-book build . --builder html 2>&1 | tee $(BUILD)/book-build.log; \
+	$(VENV)/bin/jupyter-book build . --all --builder html 2>&1 | tee $(BUILD)/book-build.log; \
 	status=$${PIPESTATUS[0]}; \
 	echo "make book: jupyter-book took $$(( $$(date +%s) - start )) s (exit $$status)"; \
 	exit $$status

@@ -67,7 +67,7 @@ CHAPTERS = toc_chapters()
 
 
 def _build_site() -> None:
-    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--builder", "html"]
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--all", "--builder", "html"]
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=3600)
 
