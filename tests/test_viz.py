@@ -135,3 +135,68 @@ def test_widget_metrics_match_feature_fidelity(setup):
         got = comp.last_panels.metrics[name]
         for key in ("l1", "psnr", "cosine"):
             assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), (name, key)
+
+
+# ------------------------------------------------------------------------------ chapter helpers
+
+
+def test_book_paths_follow_the_environment(monkeypatch, tmp_path):
+    from srfkit.viz import book
+
+    monkeypatch.setenv("SRFKIT_PROFILE", "cpu")
+    monkeypatch.setenv("SRFKIT_RUNS_DIR", str(tmp_path))
+    assert book.profile_name() == "cpu"
+    assert book.run_dir("trees") == tmp_path / "cpu" / "trees"
+    monkeypatch.delenv("SRFKIT_RUNS_DIR")
+    assert book.run_dir("shapes", "quick") == book.repo_root() / "runs" / "quick" / "shapes"
+    assert "mean nothing" in book.profile_note("quick").data
+
+
+def test_read_metrics_columns_and_errors(tmp_path):
+    from srfkit.viz.book import plot_metrics, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "lr": {"G": 0.1}, "g_l1": 2.0}\n{"step": 2, "g_l1": 1.5, "g_adv": 0.7}\n'
+    )
+    cols = read_metrics(tmp_path)
+    assert list(cols["step"]) == [1, 2] and list(cols["g_l1"]) == [2.0, 1.5]
+    assert np.isnan(cols["g_adv"][0]) and cols["g_adv"][1] == 0.7
+    assert "lr" not in cols  # nested values are not columns
+    fig = plot_metrics(tmp_path, ["g_l1"])
+    assert np.array_equal(fig.axes[0].lines[0].get_ydata(), [2.0, 1.5])
+    with pytest.raises(KeyError, match="no \\['d_real'\\]"):
+        plot_metrics(tmp_path, ["d_real"])
+    with pytest.raises(FileNotFoundError, match="no metrics log"):
+        read_metrics(tmp_path / "missing")
+    (tmp_path / "metrics.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match="metrics.jsonl:1"):
+        read_metrics(tmp_path)
+
+
+def test_tables_paper_beside_ours():
+    from srfkit.reference import paper_table
+    from srfkit.viz.book import fmt, html_table, paper_vs_ours, result_rows, result_source
+
+    assert fmt({"mean": 1.234, "std": 0.5, "n": 3}) == "1.2 ± 0.5"
+    assert fmt({"mean": 1.234, "std": 0.0, "n": 1}) == "1.2"
+    assert fmt(None) == "-" and fmt(float("nan")) == "nan" and fmt("x") == "x"
+    assert "<th colspan='2'" in html_table(["a", "b"], [[1, 2]], groups=[("g", 2)]).data
+
+    summary = {"bbox": {"AP": {"mean": 12.5, "std": 1.0, "n": 3}}, "segm": {"AP": {"mean": 10.0, "std": 0.5, "n": 3}}}
+    doc = {
+        "experiment": "interpolation",
+        "profile": "cpu",
+        "datasets": {"shapes": {"seeds": [0, 1, 2], "wall_time_s": 300, "rows": {"srf_M": {"summary": summary}}}},
+        "provenance": {"git_commit": "abc", "device": "cpu (2 cores)", "finished_utc": "2026"},
+    }
+    assert result_rows(doc) == {"shapes": [["srf_M", summary["bbox"]["AP"], summary["segm"]["AP"]]]}
+    text = result_source(doc)
+    assert "data/results/cpu/interpolation.json" in text and "abc" in text and "5 min" in text
+
+    html = paper_vs_ours("table5_interpolation", doc, "shapes", {"srf": "srf_M"}).data
+    quoted = paper_table("table5_interpolation")["rows"]["srf"]
+    assert f">{quoted[0]:.1f}</td>" in html  # the paper's number, quoted
+    assert "12.5 ± 1.0" in html and "10.0 ± 0.5" in html  # ours, from the file
+    assert "paper (COCO val2017, quoted)" in html and "ours (cpu, shapes)" in html
+    empty = paper_vs_ours("table5_interpolation", None, "shapes").data
+    assert "12.5" not in empty and empty.count("<td>-</td>") >= 8

@@ -144,6 +144,13 @@ def fmt(value, digits: int = 1) -> str:
     return str(value)
 
 
+_TABLE_STYLE = (
+    "<style>.srfkit-table{border-collapse:collapse;margin:0.4em 0 1em 0;font-size:0.9em}"
+    ".srfkit-table th,.srfkit-table td{padding:0.15em 0.6em;border-bottom:1px solid #ddd;text-align:left}"
+    ".srfkit-table caption{caption-side:top;font-weight:600;padding-bottom:0.3em}</style>"
+)
+
+
 def html_table(
     header: Sequence[str],
     rows: Sequence[Sequence],
@@ -155,15 +162,30 @@ def html_table(
     of ``(label, number of columns)``, e.g. ``[("", 1), ("paper (COCO)", 2), ("ours", 2)]``."""
     from IPython.display import HTML
 
-    parts = ["<table class='srfkit-table'>"]
+    # Columns that start a group get a rule on their left, so "paper" and "ours" read apart.
+    starts, col = set(), 0
+    for _, n in groups or []:
+        if col:
+            starts.add(col)
+        col += n
+    rule = " style='border-left:2px solid #888'"
+
+    def cells(tag: str, values, text) -> str:
+        return "".join(f"<{tag}{rule if j in starts else ''}>{text(v)}</{tag}>" for j, v in enumerate(values))
+
+    parts = [_TABLE_STYLE, "<table class='srfkit-table'>"]
     if caption:
         parts.append(f"<caption>{html.escape(caption)}</caption>")
     if groups:
-        cells = "".join(f"<th colspan='{n}' style='text-align:center'>{html.escape(label)}</th>" for label, n in groups)
-        parts.append(f"<tr>{cells}</tr>")
-    parts.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
-    for row in rows:
-        parts.append("<tr>" + "".join(f"<td>{html.escape(fmt(c, digits))}</td>" for c in row) + "</tr>")
+        row, col = [], 0
+        for label, n in groups:
+            style = " style='text-align:center;border-left:2px solid #888'" if col else " style='text-align:center'"
+            row.append(f"<th colspan='{n}'{style}>{html.escape(label)}</th>")
+            col += n
+        parts.append("<tr>" + "".join(row) + "</tr>")
+    parts.append("<tr>" + cells("th", header, lambda h: html.escape(str(h))) + "</tr>")
+    for r in rows:
+        parts.append("<tr>" + cells("td", r, lambda c: html.escape(fmt(c, digits))) + "</tr>")
     parts.append("</table>")
     return HTML("".join(parts))
 
