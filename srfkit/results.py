@@ -85,6 +85,7 @@ def write_result(profile: str, experiment: str, payload: dict, root: Path | None
     with os.fdopen(fd, "w") as f:
         json.dump(document, f, indent=1, sort_keys=False, allow_nan=True)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; result files are for every reader
     os.replace(tmp, path)
     return path
 
