@@ -200,3 +200,24 @@ def test_tables_paper_beside_ours():
     assert "paper (COCO val2017, quoted)" in html and "ours (cpu, shapes)" in html
     empty = paper_vs_ours("table5_interpolation", None, "shapes").data
     assert "12.5" not in empty and empty.count(">-</td>") >= 8
+
+
+def test_fidelity_rows_mean_over_seeds():
+    from srfkit.viz.book import fidelity_rows
+
+    def cell(v):
+        return {"l1": v, "psnr": 10.0, "cosine": 0.5}
+
+    doc = {
+        "datasets": {
+            "shapes": {
+                "fidelity": {
+                    "nearest": {"val": {"0": {"0": cell(1.0), "1": cell(2.0)}, "1": {"0": cell(3.0), "1": cell(2.0)}}},
+                    "srf": {"photos": {"0": {"0": cell(0.5), "1": cell(0.5)}}},
+                }
+            }
+        }
+    }
+    levels, rows = fidelity_rows(doc, "shapes", "val")
+    assert levels == ["0", "1"] and [r[0] for r in rows] == ["nearest"]
+    assert rows[0][1]["mean"] == 2.0 and rows[0][1]["n"] == 2 and rows[0][2]["std"] == 0.0

@@ -37,6 +37,7 @@ __all__ = [
     "paper_vs_ours",
     "plot_paper_vs_ours",
     "paper_headline",
+    "fidelity_rows",
 ]
 
 
@@ -343,3 +344,24 @@ def paper_headline() -> dict[str, float]:
         - millions(rows["mask_rcnn/nearest"][col["# Params"]]),
         "added_ms": sum(added_ms) / len(added_ms),
     }
+
+
+def fidelity_rows(doc: Mapping, dataset: str, image_set: str, metric: str = "l1") -> tuple[list[str], list[list]]:
+    """Per-upsampler rows of a ``fidelity``-style result: ``(levels, [[name, mean±std per level], ...])``.
+
+    ``doc["datasets"][dataset]["fidelity"][upsampler][image_set][seed][level][metric]`` holds the values;
+    each cell is :func:`srfkit.results.mean_std` over the seeds.
+    """
+    from ..results import mean_std
+
+    fidelity = doc["datasets"][dataset]["fidelity"]
+    levels: list[str] = []
+    rows = []
+    for name, sets in fidelity.items():
+        if image_set not in sets:
+            continue
+        per_seed = sets[image_set]
+        if not levels:
+            levels = list(next(iter(per_seed.values())))
+        rows.append([name, *(mean_std([per_seed[s][lv][metric] for s in per_seed]) for lv in levels)])
+    return levels, rows
