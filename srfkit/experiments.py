@@ -125,7 +125,9 @@ def _mode_suffix(mode: str) -> str:
     return "" if mode == "bilinear" else f"_deg{mode}"
 
 
-def evaluate_stage(stage_dir: Path, profile: Profile, dataset: str, full_resolution: bool = True) -> dict:
+def evaluate_stage(
+    stage_dir: Path, profile: Profile, dataset: str, full_resolution: bool = True, progress: bool = True
+) -> dict:
     """COCO AP of a stage's detector on the validation split, cached in ``stage_dir/eval.json``.
 
     ``full_resolution`` resets the detector's resize to the profile's full size (the extractor M
@@ -142,7 +144,8 @@ def evaluate_stage(stage_dir: Path, profile: Profile, dataset: str, full_resolut
     if full_resolution:
         model.transform.min_size = (profile.image_size,)
         model.transform.max_size = profile.max_size
-    metrics = coco_evaluate(model, load(dataset, split="val", profile=profile), max_images=profile.eval_images or None)
+    val = load(dataset, split="val", profile=profile)
+    metrics = coco_evaluate(model, val, max_images=profile.eval_images or None, progress=progress)
     cache.write_text(json.dumps(metrics, indent=1))
     return metrics
 
@@ -164,7 +167,8 @@ def _rows(context: ExperimentContext, rows: dict[str, Callable[[Runs], Path]]) -
         per_seed = {}
         for seed in context.seeds:
             runs = context.runs(seed)
-            per_seed[seed] = evaluate_stage(make(runs), context.profile, context.dataset)
+            progress = context.options.get("progress", True)
+            per_seed[seed] = evaluate_stage(make(runs), context.profile, context.dataset, progress=progress)
         out[row] = {"per_seed": per_seed, "summary": _aggregate(per_seed)}
     return out
 
