@@ -134,33 +134,26 @@ def _load_json(path: Path) -> dict:
     return data
 
 
+def _unique_ids(path: Path, entries: list, section: str, keys: tuple[str, ...], noun: str) -> set:
+    """Check that every entry of ``section`` is a dict with ``keys`` and a unique ``id``; return the ids."""
+    ids: set = set()
+    for i, entry in enumerate(entries):
+        for key in keys:
+            if not isinstance(entry, dict) or key not in entry:
+                raise AnnotationFileError(f"{path}: {section}[{i}] has no '{key}'")
+        if entry["id"] in ids:
+            raise AnnotationFileError(f"{path}: duplicate {noun} id {entry['id']}")
+        ids.add(entry["id"])
+    return ids
+
+
 def _check_entries(path: Path, data: dict) -> None:
     """Validate the fields every later step relies on; errors name the file and the entry."""
-    image_ids: set = set()
-    for i, img in enumerate(data["images"]):
-        for key in ("id", "file_name", "height", "width"):
-            if not isinstance(img, dict) or key not in img:
-                raise AnnotationFileError(f"{path}: images[{i}] has no '{key}'")
-        if img["id"] in image_ids:
-            raise AnnotationFileError(f"{path}: duplicate image id {img['id']}")
-        image_ids.add(img["id"])
-    cat_ids: set = set()
-    for i, cat in enumerate(data["categories"]):
-        for key in ("id", "name"):
-            if not isinstance(cat, dict) or key not in cat:
-                raise AnnotationFileError(f"{path}: categories[{i}] has no '{key}'")
-        if cat["id"] in cat_ids:
-            raise AnnotationFileError(f"{path}: duplicate category id {cat['id']}")
-        cat_ids.add(cat["id"])
-    ann_ids: set = set()
-    for i, ann in enumerate(data["annotations"]):
-        for key in ("id", "image_id", "category_id", "bbox"):
-            if not isinstance(ann, dict) or key not in ann:
-                raise AnnotationFileError(f"{path}: annotations[{i}] has no '{key}'")
+    image_ids = _unique_ids(path, data["images"], "images", ("id", "file_name", "height", "width"), "image")
+    cat_ids = _unique_ids(path, data["categories"], "categories", ("id", "name"), "category")
+    _unique_ids(path, data["annotations"], "annotations", ("id", "image_id", "category_id", "bbox"), "annotation")
+    for ann in data["annotations"]:
         aid = ann["id"]
-        if aid in ann_ids:
-            raise AnnotationFileError(f"{path}: duplicate annotation id {aid}")
-        ann_ids.add(aid)
         if ann["image_id"] not in image_ids:
             raise AnnotationFileError(
                 f"{path}: annotation {aid} refers to image_id {ann['image_id']!r}, which is not in 'images'"
