@@ -33,8 +33,8 @@ unexport MPLBACKEND
 
 $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -r requirements-data.txt
+	$(PY) -m pip install -q --no-cache-dir -r requirements.txt
+	$(PY) -m pip install -q --no-cache-dir --no-deps -r requirements-data.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -86,6 +86,7 @@ browser: chromium
 test: export SRFKIT_RUNS_DIR := $(TEST_RUNS)
 test: venv chromium
 	rm -rf $(TEST_RUNS)
+	@echo "disk before the tests: $$(df -h . | awk 'NR==2 {print $$4}') free"
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory unit && \
 	$(MAKE) --no-print-directory nbval && \
@@ -93,6 +94,7 @@ test: venv chromium
 	$(MAKE) --no-print-directory browser; \
 	status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s (exit $$status)"; \
+	echo "disk after the tests: $$(du -sh $(BUILD) | cut -f1) in $(BUILD), $$(df -h . | awk 'NR==2 {print $$4}') free"; \
 	exit $$status
 
 lint: venv

@@ -88,7 +88,12 @@ def _loop_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help="base learning rate after warm-up")
     g.add_argument("--warmup-iters", type=int, help="linear warm-up steps")
     g.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps")
-    g.add_argument("--keep-last", type=int, default=3, help="periodic checkpoints kept [%(default)s]")
+    g.add_argument(
+        "--keep-last",
+        type=int,
+        default=1,
+        help="periodic checkpoints kept while training; the final weights replace them (-1: keep all) [%(default)s]",
+    )
     g.add_argument("--clip-grad", type=float, help="clip the gradient norm of each optimiser to this value")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA (never on CPU)")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... [CUDA if present; torchrun: cuda:LOCAL_RANK]")
@@ -217,6 +222,8 @@ def _common(args: argparse.Namespace) -> dict:
 
     profile = get_profile(args.profile)
     loop = {k: getattr(args, k) for k in _LOOP_KEYS if getattr(args, k, None) is not None}
+    if loop.get("keep_last", 0) < 0:
+        loop["keep_last"] = None
     return dict(profile=profile, dataset=_dataset(args, profile), seed=args.seed, resume=args.resume, **loop)
 
 

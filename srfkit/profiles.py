@@ -149,7 +149,7 @@ CPU = Profile(
     backbone="resnet18",
     norm="group",
     trainable_layers=5,
-    fpn_channels=128,
+    fpn_channels=64,
     image_size=128,
     max_size=128,
     anchor_sizes=(8, 16, 32, 64, 128),
@@ -160,15 +160,17 @@ CPU = Profile(
     detections_per_img=100,
     box_head_dim=512,
     # (2C, 4C, 4C) made stage 1 about 3.7 s a step at C=128; (C, 2C, 2C) about 1.2 s (measured).
-    discriminator_widths=(128, 256, 256),
+    discriminator_widths=(64, 128, 128),
     num_workers=0,
     dataset_images=(400, 100),
-    # Sized so that the `interpolation` and `progressive` experiments (3 seeds) fit in about 2 hours on
-    # 2 cores: Mask R-CNN R-18-FPN at 128 px, batch 4, measured at about 0.6 s per step.
-    guide=Schedule(iters=300, lr=0.01, batch_size=4, warmup_iters=50, checkpoint_every=100),
-    srf_gan=Schedule(iters=200, lr=0.001, batch_size=4, warmup_iters=20, checkpoint_every=100),
-    extractor=Schedule(iters=200, lr=0.01, batch_size=4, warmup_iters=20, checkpoint_every=100),
-    target=Schedule(iters=300, lr=0.01, batch_size=4, warmup_iters=50, checkpoint_every=100),
+    # Sized so that the `interpolation` and `progressive` experiments (3 seeds, shapes and trees, one
+    # process per dataset) fit in under 2 hours on 2 cores: about 2,800 steps per seed and dataset.
+    # A Mask R-CNN R-18-FPN step at 128 px, batch 4, one thread, two processes side by side, was
+    # measured at 0.71 s with C=128 and 0.42 s with C=64 (the mask head's C-wide convs dominate).
+    guide=Schedule(iters=200, lr=0.01, batch_size=4, warmup_iters=40, checkpoint_every=100),
+    srf_gan=Schedule(iters=150, lr=0.001, batch_size=4, warmup_iters=15, checkpoint_every=75),
+    extractor=Schedule(iters=150, lr=0.01, batch_size=4, warmup_iters=15, checkpoint_every=75),
+    target=Schedule(iters=200, lr=0.01, batch_size=4, warmup_iters=40, checkpoint_every=100),
     seeds=(0, 1, 2),
     eval_images=0,
     clip_grad=10.0,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``).
 
     A crash mid-write leaves the previous file intact; readers never see a half-written checkpoint.
+
+    Raises:
+        OSError: the file could not be written (a full disk, say); the message names the path and the
+            free space left, and the temporary file is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,11 +91,22 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a short write as a RuntimeError
+        _remove(tmp)
+        free_mb = shutil.disk_usage(path.parent).free / 2**20
+        raise OSError(
+            f"{path}: checkpoint not written ({err}); {free_mb:.0f} MiB free on its disk; "
+            "earlier checkpoints are untouched"
+        ) from err
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
     return path
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
 
 
 def load_checkpoint(path: str | Path, expected_config: dict | None = None, map_location: Any = "cpu") -> dict:

@@ -9,7 +9,7 @@ metrics log, periodic and final checkpoints, bit-identical resume and ``torchrun
 Files written in ``out_dir`` (by rank 0): ``config.json`` (the run's settings), ``metrics.jsonl``
 (one line per step: ``step``, ``lr``, ``time_s`` (wall seconds of the step), ``cpu_s`` (process CPU
 seconds of the step) and every loss term), ``step_000123.pt`` every ``checkpoint_every`` steps (the
-newest ``keep_last`` kept) and ``final.pt`` at the end.
+newest ``keep_last`` kept) and ``final.pt`` (weights only) at the end, which replaces them.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ class LoopOptions:
         amp: mixed precision (float16 autocast + GradScaler); only ever used on CUDA.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if present).
         progress: show a ``tqdm`` bar (rank 0 only).
-        keep_last: periodic checkpoints kept (oldest deleted; ``None`` keeps all).
+        keep_last: periodic checkpoints kept while the run goes on (oldest deleted); once ``final.pt``
+            (weights only) is written they are all deleted, since a finished run never resumes.
+            ``None`` keeps every file.
         stop_at: stop after this step without writing ``final.pt`` (simulates an interruption).
         num_workers: DataLoader workers (default: the profile's).
     """
@@ -103,7 +105,7 @@ class LoopOptions:
     amp: bool = True
     device: str | None = None
     progress: bool = True
-    keep_last: int | None = 3
+    keep_last: int | None = 1
     stop_at: int | None = None
     num_workers: int | None = None
 
@@ -358,19 +360,25 @@ class _Run:
         self.schedulers = {k: warmup_multistep(o, self.schedule) for k, o in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=self.amp)
 
-    def payload(self, step: int) -> dict:
-        rng = all_gather_objects(self.env, get_rng_state())
-        return {
+    def payload(self, step: int, final: bool = False) -> dict:
+        """Checkpoint contents; ``final`` keeps only the weights (nothing resumes a finished run)."""
+        payload = {
             "format": CHECKPOINT_FORMAT,
             "stage": self.stage.name,
             "step": step,
             "config": self.config,
             "models": {k: m.state_dict() for k, m in self.stage.modules.items()},
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-            "scaler": self.scaler.state_dict() if self.amp else None,
-            "rng": rng,
+            "optimizers": {},
+            "schedulers": {},
+            "scaler": None,
+            "rng": [],
         }
+        if not final:
+            payload["optimizers"] = {k: o.state_dict() for k, o in self.optimizers.items()}
+            payload["schedulers"] = {k: s.state_dict() for k, s in self.schedulers.items()}
+            payload["scaler"] = self.scaler.state_dict() if self.amp else None
+            payload["rng"] = all_gather_objects(self.env, get_rng_state())
+        return payload
 
     def restore(self, path: Path) -> int:
         payload = load_checkpoint(path, self.config)
@@ -386,13 +394,14 @@ class _Run:
         return int(payload["step"])
 
     def save(self, step: int, final: bool) -> Path:
-        payload = self.payload(step)  # every rank joins the RNG gather
+        payload = self.payload(step, final)  # every rank joins the RNG gather
         path = checkpoint_path(self.out_dir, None if final else step)
         if self.env.is_main:
             save_checkpoint(path, payload)
             keep = self.options.keep_last
-            if keep is not None and not final:
-                for _, old in list_checkpoints(self.out_dir)[:-keep]:
+            if keep is not None:  # only after the new file is safely in place
+                periodic = list_checkpoints(self.out_dir)
+                for _, old in periodic if final else periodic[: max(len(periodic) - keep, 0)]:
                     old.unlink(missing_ok=True)
         self.env.barrier()
         return path
