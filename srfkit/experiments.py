@@ -3,7 +3,7 @@
 Each experiment trains what it needs through :mod:`srfkit.train` (stage folders are shared between
 experiments, so the guide of seed 0 is trained once and serves every table), evaluates on the
 validation split with :func:`srfkit.eval.coco_evaluate`, and writes
-``data/results/<profile>/<experiment>.json`` through :func:`srfkit.results.write_result`:
+``data/results/<profile>/<experiment>.json`` through :func:`srfkit.results.update_result`:
 per-seed metrics, their mean and standard deviation, the profile, git commit, device and wall time.
 
 Experiments (paper table in brackets): ``interpolation`` (5, plus learned peers and light generators),
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .profiles import Profile, get_profile
-from .results import load_result, mean_std, provenance, results_path, write_result
+from .results import mean_std, provenance, results_path, update_result
 from .train.checkpoint import save_checkpoint
 
 __all__ = ["EXPERIMENTS", "Runs", "configure_parser", "run_experiment", "run_experiments", "run_from_args"]
@@ -433,10 +433,7 @@ def run_experiment(
         "wall_time_s": time.perf_counter() - t0,
         "provenance": provenance(),
     }
-    # One file per experiment; each dataset's entry is replaced, the others kept.
-    previous = load_result(profile.name, name, results_root) or {}
-    datasets = {**previous.get("datasets", {}), dataset: entry}
-    return write_result(profile.name, name, {"datasets": datasets}, results_root)
+    return update_result(profile.name, name, dataset, entry, results_root)
 
 
 def run_experiments(names: list[str], profile: str, datasets: list[str], **kwargs) -> list[Path]:

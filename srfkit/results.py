@@ -7,6 +7,7 @@ and the wall time, so a reader can tell which run produced every number in the b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +27,7 @@ __all__ = [
     "provenance",
     "results_path",
     "write_result",
+    "update_result",
     "load_result",
     "available_results",
 ]
@@ -88,6 +91,35 @@ def write_result(profile: str, experiment: str, payload: dict, root: Path | None
     os.chmod(tmp, 0o644)  # mkstemp makes files private; result files are for every reader
     os.replace(tmp, path)
     return path
+
+
+def update_result(profile: str, experiment: str, dataset: str, entry: dict, root: Path | None = None) -> Path:
+    """Replace one dataset's entry in the experiment's result file, keeping the other datasets.
+
+    Processes that run the same experiment on different datasets at once (one per core, say) take
+    turns: the read-merge-write holds an exclusive lock (POSIX; elsewhere no locking).
+    """
+    path = results_path(profile, experiment, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(path.parent / f".{path.stem}.lock"):
+        previous = load_result(profile, experiment, root) or {}
+        datasets = {**previous.get("datasets", {}), dataset: entry}
+        return write_result(profile, experiment, {"datasets": datasets}, root)
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_result(profile: str, experiment: str, root: Path | None = None) -> dict | None:
