@@ -366,7 +366,9 @@ def probe_fidelity(probe: dict) -> dict[str, dict[str, float]]:
 
 
 def cost(ctx: ExperimentContext) -> dict:
-    """Parameters and median CPU latency per image of the detector with each upsampler."""
+    """Parameters and median CPU latency per image of the detector with each upsampler, and of the
+    upsampler alone (its three top-down steps, timed interleaved with the others: the steadier figure)."""
+    from .bench.upsamplers import benchmark
     from .data import load
     from .detection import build_detector
     from .eval import cost as measure
@@ -383,6 +385,9 @@ def cost(ctx: ExperimentContext) -> dict:
     for row in rows.values():
         row["added_params"] = row["params"] - base["params"]
         row["latency_ratio"] = row["latency_ms"] / base["latency_ms"]
+    alone = benchmark(list(rows), ctx.profile.fpn_channels, ctx.profile.image_size, repeats=30, progress=False)
+    for bench in alone:
+        rows[bench["upsampler"]].update(upsampler_ms=bench["latency_ms"], upsampler_ratio=bench["ratio"])
     return {"arch": arch, "rows": rows}
 
 

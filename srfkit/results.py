@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ import torch
 __all__ = [
     "RESULTS_DIR",
     "mean_std",
+    "gain_over",
     "provenance",
     "results_path",
     "write_result",
@@ -41,12 +42,42 @@ def results_path(profile: str, experiment: str, root: Path | None = None) -> Pat
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for a single value) of per-seed values."""
+    """Mean and sample standard deviation (0 for a single value) of per-seed values.
+
+    A NaN among them (COCO's "no such objects", e.g. AP_L on a dataset without large objects)
+    makes both NaN.
+    """
     values = [float(v) for v in values]
-    if not values:
-        return {"mean": math.nan, "std": math.nan, "n": 0}
+    if not values or any(math.isnan(v) for v in values):
+        return {"mean": math.nan, "std": math.nan, "n": len(values)}
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def gain_over(rows: Mapping, row: str, baseline: str, iou: str = "bbox", metric: str = "AP") -> dict:
+    """How far ``row`` is above ``baseline`` in a result entry's ``rows``, against the seed spread.
+
+    Args:
+        rows: ``entry["rows"]`` of a result document (``{row: {"per_seed": {seed: metrics}}}``).
+        row, baseline: row names. iou: ``bbox`` or ``segm``. metric: a COCO metric key (AP points).
+
+    Returns:
+        ``{"gain", "spread", "n", "verdict"}``: ``gain`` is the difference of the means over the
+        seeds both rows have (AP points); ``spread`` the larger of the two rows' sample standard
+        deviations over those seeds; ``verdict`` is ``"gain"`` when ``gain > 2 * spread``, ``"loss"``
+        when ``gain < -2 * spread``, ``"within spread"`` otherwise, and ``"one seed"`` when fewer
+        than two seeds leave no spread to compare with.
+    """
+    ours, base = rows[row]["per_seed"], rows[baseline]["per_seed"]
+    seeds = [s for s in ours if s in base]
+    a = [float(ours[s][iou][metric]) for s in seeds]
+    b = [float(base[s][iou][metric]) for s in seeds]
+    gain = statistics.fmean(a) - statistics.fmean(b)
+    if len(seeds) < 2:
+        return {"gain": gain, "spread": math.nan, "n": len(seeds), "verdict": "one seed"}
+    spread = max(statistics.stdev(a), statistics.stdev(b))
+    verdict = "gain" if gain > 2 * spread else "loss" if gain < -2 * spread else "within spread"
+    return {"gain": gain, "spread": spread, "n": len(seeds), "verdict": verdict}
 
 
 def _git_commit() -> str:

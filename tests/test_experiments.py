@@ -1,17 +1,35 @@
 """The experiment runner writes complete, honest result files (quick profile, few steps)."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from srfkit.experiments import EXPERIMENTS, run_experiment
-from srfkit.results import RESULTS_DIR, load_result, mean_std
+from srfkit.results import RESULTS_DIR, gain_over, load_result, mean_std
 
 
 def test_mean_std():
     assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
     assert mean_std([4.0])["std"] == 0.0
+    no_objects = mean_std([math.nan, math.nan, math.nan])  # AP_L where the val split has no large object
+    assert math.isnan(no_objects["mean"]) and math.isnan(no_objects["std"]) and no_objects["n"] == 3
+
+
+def _rows(**per_seed_ap):
+    return {
+        name: {"per_seed": {s: {"bbox": {"AP": ap}} for s, ap in enumerate(aps)}} for name, aps in per_seed_ap.items()
+    }
+
+
+def test_gain_over_reads_the_gain_against_the_larger_seed_spread():
+    rows = _rows(nearest=[10.0, 11.0, 12.0], srf=[14.0, 15.0, 16.0], flat=[10.5, 11.5, 12.5], bad=[5.0, 5.5, 6.0])
+    assert gain_over(rows, "srf", "nearest") == {"gain": 4.0, "spread": 1.0, "n": 3, "verdict": "gain"}
+    assert gain_over(rows, "flat", "nearest")["verdict"] == "within spread"
+    assert gain_over(rows, "bad", "nearest")["verdict"] == "loss"
+    single = gain_over(_rows(nearest=[10.0], srf=[12.0]), "srf", "nearest")
+    assert single["gain"] == 2.0 and single["verdict"] == "one seed"
 
 
 def test_unknown_experiment_lists_valid_names(tmp_path):
@@ -57,6 +75,7 @@ def test_cost_from_the_command_line(tmp_path, monkeypatch):
     assert set(rows) == set(upsampler_names())
     assert rows["nearest"]["added_params"] == 0 and rows["nearest"]["latency_ratio"] == 1.0
     assert rows["srf"]["added_params"] > rows["srf_light"]["added_params"] > rows["dysample"]["added_params"] > 0
+    assert rows["nearest"]["upsampler_ratio"] == 1.0 and all(r["upsampler_ms"] > 0 for r in rows.values())
 
 
 def test_fidelity_writes_a_probe_that_re_evaluates_exactly(tmp_path):

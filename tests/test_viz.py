@@ -202,6 +202,25 @@ def test_tables_paper_beside_ours():
     assert "12.5" not in empty and empty.count(">-</td>") >= 8
 
 
+def test_gain_rows_pair_each_row_with_its_baseline():
+    from srfkit.viz.book import gain_rows, gain_table
+
+    def seeds(*aps):
+        return {s: {"bbox": {"AP": ap}} for s, ap in enumerate(aps)}
+
+    rows = {
+        "A1": {"per_seed": seeds(10, 11, 12)},
+        "A2": {"per_seed": seeds(16, 17, 18)},
+        "A3": {"per_seed": seeds(2, 3, 4)},
+    }
+    doc = {"datasets": {"trees": {"rows": rows}}}
+    got = gain_rows(doc, "trees", lambda row: "A1")
+    assert got == [["A2", "A1", 6.0, 1.0, 3, "gain"], ["A3", "A1", -8.0, 1.0, 3, "loss"]]
+    assert gain_rows(doc, "trees", lambda row: None) == []
+    assert gain_rows(doc, "trees", lambda row: "A1", iou="segm") == []  # no mask AP in these rows
+    assert "6.00" in gain_table(doc, "trees", lambda row: "A1").data
+
+
 def test_fidelity_rows_mean_over_seeds():
     from srfkit.viz.book import fidelity_rows
 

@@ -15,7 +15,7 @@ import html
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,8 @@ __all__ = [
     "fmt",
     "result_rows",
     "result_source",
+    "gain_rows",
+    "gain_table",
     "paper_vs_ours",
     "plot_paper_vs_ours",
     "paper_headline",
@@ -232,6 +234,36 @@ def result_source(doc: Mapping, path: str | Path | None = None) -> str:
         f"*Source: `{path}`, written by "
         f"`python -m srfkit experiments` at commit `{prov.get('git_commit', '?')}` on {prov.get('device', '?')}, "
         f"finished {prov.get('finished_utc', '?')} ({'; '.join(parts)}).*"
+    )
+
+
+def gain_rows(doc: Mapping, dataset: str, baseline_of: Callable[[str], str | None], iou: str = "bbox") -> list[list]:
+    """Rows ``[row, baseline, gain, spread, seeds, verdict]`` of :func:`srfkit.results.gain_over`
+    for every row of ``doc``'s ``dataset`` entry that ``baseline_of(row)`` pairs with a baseline
+    (rows it maps to ``None``, or to a row the file lacks, are left out). AP points."""
+    from ..results import gain_over
+
+    rows = doc.get("datasets", {}).get(dataset, {}).get("rows", {})
+    out = []
+    for name in rows:
+        base = baseline_of(name)
+        if base is None or base == name or base not in rows:
+            continue
+        if iou not in next(iter(rows[name]["per_seed"].values()), {}):
+            continue
+        g = gain_over(rows, name, base, iou=iou)
+        out.append([name, base, g["gain"], g["spread"], g["n"], g["verdict"]])
+    return out
+
+
+def gain_table(doc: Mapping, dataset: str, baseline_of: Callable[[str], str | None], iou: str = "bbox"):
+    """:func:`gain_rows` as an HTML table."""
+    kind = {"bbox": "box", "segm": "mask"}[iou]
+    return html_table(
+        ["row", "against", f"{kind} AP gain", "seed spread (larger std)", "seeds", "verdict (gain vs 2 x spread)"],
+        gain_rows(doc, dataset, baseline_of, iou),
+        caption=f"Our {kind} AP gains on {dataset}, read against the seed-to-seed spread",
+        digits=2,
     )
 
 
