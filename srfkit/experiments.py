@@ -332,7 +332,7 @@ def probe_path(profile: str, dataset: str, root: Path | None = None) -> Path:
 def make_fidelity_probe(extractor: nn.Module, srf_gan_dir: Path, images: torch.Tensor) -> dict:
     """A trained G and the guide features it is judged on, small enough to commit.
 
-    Features are stored in float16 (about 0.2 MB per image at C=128, 128 px); the recorded figure is
+    Features are stored in float16 (about 0.1 MB per image at C=64, 128 px); the recorded figure is
     computed from the stored values, so re-evaluating the probe must give it back exactly.
     """
     from .data import degrade

@@ -273,9 +273,12 @@ def test_trees_tiles_and_the_two_val_tiles():
     val = load("trees", "val", profile)
     train = load("trees", "train", profile)
     assert val.class_names == ["tree"] and not val.has_masks and val.num_classes == 2
-    tile = min(2 * profile.image_size, 400)
-    assert len(val) == 2 and sum(len(val.load_target(i)["boxes"]) for i in range(2)) == 61 + 37
-    assert len(train) > 20
+    tile = min(profile.image_size, 400)  # the detector's own size: it does not resize the tiles
+    # The two 400 px val tiles (61 + 37 crowns) at 0.32 scale make 2 x 2 tiles each; one crown cut in
+    # two with less than half of it on either side is dropped.
+    assert len(val) == 8 and sum(len(val.load_target(i)["boxes"]) for i in range(8)) == 61 + 37 - 1
+    assert {val.coco.imgs[i]["file_name"].split("_")[0] for i in val.image_ids} == {"OSBS", "SOAP"}
+    assert len(train) > 100
     for ds in (train, val):
         for i in range(0, len(ds), 7):
             image, t = ds[i]
