@@ -65,14 +65,16 @@ def gain_over(rows: Mapping, row: str, baseline: str, iou: str = "bbox", metric:
         ``{"gain", "spread", "n", "verdict"}``: ``gain`` is the difference of the means over the
         seeds both rows have (AP points); ``spread`` the larger of the two rows' sample standard
         deviations over those seeds; ``verdict`` is ``"gain"`` when ``gain > 2 * spread``, ``"loss"``
-        when ``gain < -2 * spread``, ``"within spread"`` otherwise, and ``"one seed"`` when fewer
-        than two seeds leave no spread to compare with.
+        when ``gain < -2 * spread``, ``"within spread"`` otherwise, ``"one seed"`` when fewer
+        than two seeds leave no spread to compare with, and ``"no objects"`` when a value is NaN.
     """
     ours, base = rows[row]["per_seed"], rows[baseline]["per_seed"]
     seeds = [s for s in ours if s in base]
     a = [float(ours[s][iou][metric]) for s in seeds]
     b = [float(base[s][iou][metric]) for s in seeds]
     gain = statistics.fmean(a) - statistics.fmean(b)
+    if math.isnan(gain):  # COCO's "no such objects" in either row
+        return {"gain": gain, "spread": math.nan, "n": len(seeds), "verdict": "no objects"}
     if len(seeds) < 2:
         return {"gain": gain, "spread": math.nan, "n": len(seeds), "verdict": "one seed"}
     spread = max(statistics.stdev(a), statistics.stdev(b))

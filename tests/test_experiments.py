@@ -30,6 +30,7 @@ def test_gain_over_reads_the_gain_against_the_larger_seed_spread():
     assert gain_over(rows, "bad", "nearest")["verdict"] == "loss"
     single = gain_over(_rows(nearest=[10.0], srf=[12.0]), "srf", "nearest")
     assert single["gain"] == 2.0 and single["verdict"] == "one seed"
+    assert gain_over(_rows(nearest=[math.nan] * 2, srf=[1.0, 2.0]), "srf", "nearest")["verdict"] == "no objects"
 
 
 def test_unknown_experiment_lists_valid_names(tmp_path):
