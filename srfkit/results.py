@@ -87,8 +87,9 @@ def _git_commit() -> str:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=RESULTS_DIR.parent.parent
         )
+        # "-dirty" means the code differs from the commit; result files being (re)written do not count.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)data/results"],
             capture_output=True,
             text=True,
             cwd=RESULTS_DIR.parent.parent,
