@@ -51,7 +51,10 @@ def test_progressive_writes_rows_per_seed_and_reuses_stages(tmp_path):
     document = json.loads(path.read_text())
     assert path == results / "quick" / "progressive.json"
     entry = document["datasets"]["shapes"]
-    assert set(entry["rows"]) == {"A1", "A2", "A3", "A4", "A5"}
+    assert set(entry["rows"]) == {"A1", "A2", "A3", "A4", "A5", "A1_matched"}
+    # The budget control trains the baseline as long as A5's backbone trained: stage 2 + stage 3 steps.
+    matched = runs / "quick" / "shapes" / "seed0" / "guide_4steps" / "metrics.jsonl"
+    assert len(matched.read_text().splitlines()) == 2 + 2
     for row in entry["rows"].values():
         box = row["summary"]["bbox"]["AP"]
         assert box["n"] == 1 and 0.0 <= box["mean"] <= 100.0
