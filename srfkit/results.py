@@ -7,7 +7,6 @@ and the wall time, so a reader can tell which run produced every number in the b
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -16,10 +15,12 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from .filelock import file_lock
 
 __all__ = [
     "RESULTS_DIR",
@@ -135,25 +136,10 @@ def update_result(profile: str, experiment: str, dataset: str, entry: dict, root
     """
     path = results_path(profile, experiment, root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(path.parent / f".{path.stem}.lock"):
+    with file_lock(path.parent / f".{path.stem}.lock"):
         previous = load_result(profile, experiment, root) or {}
         datasets = {**previous.get("datasets", {}), dataset: entry}
         return write_result(profile, experiment, {"datasets": datasets}, root)
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_result(profile: str, experiment: str, root: Path | None = None) -> dict | None:

@@ -26,7 +26,6 @@ rebuilt. ``root`` is ``$SRFKIT_DATA_DIR`` when set, else ``data/build`` of the s
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -35,7 +34,7 @@ import shutil
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
+from ..filelock import file_lock
 from ..profiles import Profile, get_profile
 from .coco import AnnotationFileError, CocoDetection, decode_rle
 
@@ -207,23 +207,6 @@ def is_built(name: str, profile: str | Profile = "quick", root: str | Path | Non
     return all((d / "annotations" / f"instances_{s}.json").is_file() and (d / s).is_dir() for s in spec.splits)
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock file (so two processes never build the same dataset at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def build_dataset(
     name: str,
     profile: str | Profile = "quick",
@@ -243,7 +226,7 @@ def build_dataset(
     """
     spec, profile = _spec(name), get_profile(profile)
     final = dataset_dir(name, profile, root)
-    with _lock(final.parent / f".{name}.lock"):
+    with file_lock(final.parent / f".{name}.lock"):
         if not force and is_built(name, profile, root, seed):
             stamp = json.loads((final / "BUILD.json").read_text())
             return {**stamp, "skipped": True}
