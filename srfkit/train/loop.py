@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from ..filelock import file_lock
 from ..profiles import Schedule
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -394,7 +395,7 @@ class _Run:
         return int(payload["step"])
 
     def save(self, step: int, final: bool) -> Path:
-        payload = self.payload(step, final)  # every rank joins the RNG gather
+        payload = self.payload(step, final)  # every rank joins a periodic checkpoint's RNG gather
         path = checkpoint_path(self.out_dir, None if final else step)
         if self.env.is_main:
             save_checkpoint(path, payload)
@@ -477,22 +478,13 @@ def train_loop(
 @contextlib.contextmanager
 def _folder_lock(out_dir: Path, env: DistEnv) -> Iterator[None]:
     """Exclusive lock on ``out_dir/.lock`` held by rank 0 (POSIX only; elsewhere no locking)."""
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    if not env.is_main or fcntl is None:
+    if not env.is_main:
         env.barrier()
         yield
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with file_lock(out_dir / ".lock"):
         env.barrier()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def _train(run: _Run, dataset: Dataset, resume: bool) -> StageResult:
