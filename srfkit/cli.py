@@ -118,7 +118,8 @@ def _srf_options(p: argparse.ArgumentParser) -> None:
         "--no-adversarial-grad",
         dest="adversarial_grad",
         action="store_false",
-        help="detach D(G(x)) in G's loss as the authors' released code does (G learns from L1 only)",
+        help="detach D(G(x)) in G's loss as the authors' training code does (their AFI-GAN repository; "
+        "G learns from L1 only)",
     )
 
 
@@ -126,6 +127,16 @@ def _upsampler(p: argparse.ArgumentParser, default: str, help: str) -> None:
     from .models import upsampler_names
 
     p.add_argument("--upsampler", choices=upsampler_names(), default=default, help=f"{help} [%(default)s]")
+
+
+def _weights_backbone(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights-backbone",
+        type=Path,
+        metavar="PATH",
+        help="local ResNet state dict (torchvision layout) to start detector backbones from; required by "
+        "profiles with frozen BatchNorm (paper); nothing is downloaded",
+    )
 
 
 def _out(p: argparse.ArgumentParser, help: str) -> None:
@@ -137,6 +148,7 @@ def _configure_guide(p: argparse.ArgumentParser) -> None:
     _out(p, "output folder (checkpoints, metrics.jsonl, config.json)")
     _arch(p)
     _upsampler(p, "nearest", "FPN top-down upsampler")
+    _weights_backbone(p)
     _loop_options(p)
 
 
@@ -157,12 +169,14 @@ def _configure_extractor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--srf-gan", type=Path, required=True, metavar="DIR", help="finished srf-gan stage folder (G, D)")
     _arch(p, what="extractor head")
     p.add_argument(
-        "--semantic-shift",
-        type=int,
-        choices=(0, 1),
-        default=0,
-        help="1: compare M's level k with F's level k+1 (Table 7, different semantic levels) [%(default)s]",
+        "--semantic-level",
+        choices=("same", "different", "different_lr"),
+        default="same",
+        help="levels the SRF loss compares (Table 7): same (the method); different (the paper's variant: "
+        "full-size images to M and F, G(P3..P5) of M against P2..P4 of F); different_lr (M's P_k of the "
+        "half-size image against F's P_k+1) [%(default)s]",
     )
+    _weights_backbone(p)
     _srf_options(p)
     _loop_options(p)
 
@@ -181,6 +195,7 @@ def _configure_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", type=Path, metavar="DIR", help="extractor stage folder to take G or M from")
     p.add_argument("--freeze-g", action="store_true", help="keep G fixed instead of fine-tuning it (Table 4, A4)")
     _upsampler(p, "nearest", "upsampler when --reuse none")
+    _weights_backbone(p)
     _loop_options(p)
 
 
@@ -194,8 +209,9 @@ def _configure_pipeline(p: argparse.ArgumentParser) -> None:
         "--no-adversarial-grad",
         dest="adversarial_grad",
         action="store_false",
-        help="stages 1-2: detach D(G(x)) in G's loss, as the authors' released code does",
+        help="stages 1-2: detach D(G(x)) in G's loss, as the authors' training code (AFI-GAN repository) does",
     )
+    _weights_backbone(p)
     _loop_options(p)
 
 
@@ -260,7 +276,15 @@ def _report(result) -> None:
 def _run_guide(args: argparse.Namespace) -> None:
     from .train import train_guide
 
-    _report(train_guide(out_dir=args.out, arch=args.arch, upsampler=args.upsampler, **_common(args)))
+    _report(
+        train_guide(
+            out_dir=args.out,
+            arch=args.arch,
+            upsampler=args.upsampler,
+            weights_backbone=args.weights_backbone,
+            **_common(args),
+        )
+    )
 
 
 def _srf_kwargs(args: argparse.Namespace) -> dict:
@@ -291,7 +315,8 @@ def _run_extractor(args: argparse.Namespace) -> None:
             guide_dir=args.guide,
             srf_gan_dir=args.srf_gan,
             arch=args.arch,
-            semantic_shift=args.semantic_shift,
+            semantic_level=args.semantic_level,
+            weights_backbone=args.weights_backbone,
             **_srf_kwargs(args),
             **_common(args),
         )
@@ -310,6 +335,7 @@ def _run_target(args: argparse.Namespace) -> None:
             extractor_dir=args.extractor,
             freeze_g=args.freeze_g,
             upsampler=args.upsampler,
+            weights_backbone=args.weights_backbone,
             **_common(args),
         )
     )
@@ -324,6 +350,7 @@ def _run_pipeline(args: argparse.Namespace) -> None:
         target_arch=args.target_arch,
         reuse=args.reuse,
         adversarial_grad=args.adversarial_grad,
+        weights_backbone=args.weights_backbone,
         **_common(args),
     )
     for result in results.values():
@@ -335,6 +362,41 @@ add_subcommand("srf-gan", _configure_srf_gan, _run_srf_gan, "stage 1: train G an
 add_subcommand("extractor", _configure_extractor, _run_extractor, "stage 2: train the SRF extractor M (Eq. 3)")
 add_subcommand("target", _configure_target, _run_target, "stage 3: train a target detector reusing G or M")
 add_subcommand("pipeline", _configure_pipeline, _run_pipeline, "stages 0-3 in order, skipping finished ones")
+
+
+def _configure_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", type=Path, required=True, metavar="DIR", help="a finished guide/extractor/target folder")
+    p.add_argument("--dataset", metavar="NAME", help="shipped dataset [the one the stage trained on]")
+    p.add_argument("--split", default="val", choices=("val", "train"), help="split to evaluate [%(default)s]")
+    p.add_argument(
+        "--full-resolution",
+        action="store_true",
+        help="reset the detector's resize to the profile's full size (the extractor M trains at half size)",
+    )
+    p.add_argument("--eval-images", type=int, help="evaluate only the first N images [profile's eval_images]")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics here [DIR/eval-<split>.json]")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from .fileio import write_json
+    from .train.evaluate import evaluate_stage, format_metrics
+
+    metrics = evaluate_stage(
+        args.stage,
+        args.dataset,
+        split=args.split,
+        full_resolution=args.full_resolution,
+        eval_images=args.eval_images,
+        progress=args.progress,
+    )
+    out = args.json or args.stage / f"eval-{args.split}.json"
+    write_json(out, {"stage": str(args.stage), "split": args.split, "metrics": metrics})
+    print(format_metrics(metrics))
+    print(f"wrote {out}")
+
+
+add_subcommand("evaluate", _configure_evaluate, _run_evaluate, "COCO AP of a finished stage folder (table + JSON)")
 add_subcommand(
     "experiments",
     experiments.configure_parser,

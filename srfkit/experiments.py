@@ -15,7 +15,6 @@ per level), ``cost`` (parameters and latency).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from torch import nn
 from .profiles import Profile, get_profile
 from .results import mean_std, provenance, results_path, update_result
 from .train.checkpoint import save_checkpoint
+from .train.evaluate import evaluate_stage
 
 __all__ = ["EXPERIMENTS", "Runs", "configure_parser", "run_experiment", "run_experiments", "run_from_args"]
 
@@ -50,6 +50,7 @@ class Runs:
     seed: int
     root: Path
     options: dict = field(default_factory=dict)
+    weights_backbone: Path | None = None
 
     @property
     def folder(self) -> Path:
@@ -68,9 +69,10 @@ class Runs:
         from .train import train_guide
 
         name = "guide" if (upsampler, arch) == ("nearest", None) else f"det_{arch or 'default'}_{upsampler}"
+        kwargs = dict(upsampler=upsampler, arch=arch, weights_backbone=self.weights_backbone)
         if iters is None:
-            return self._train(train_guide, name, upsampler=upsampler, arch=arch)
-        return self._train(train_guide, f"{name}_{iters}steps", upsampler=upsampler, arch=arch, iters=iters)
+            return self._train(train_guide, name, **kwargs)
+        return self._train(train_guide, f"{name}_{iters}steps", iters=iters, **kwargs)
 
     def reuse_m_steps(self) -> int:
         """Optimiser steps behind a target detector that reuses M: stage 2's plus stage 3's."""
@@ -92,11 +94,11 @@ class Runs:
             degrade_mode=degrade_mode,
         )
 
-    def extractor(self, arch: str | None = None, semantic_shift: int = 0, degrade_mode: str = "bilinear") -> Path:
-        """Stage 2 from the paper-form G."""
+    def extractor(self, arch: str | None = None, semantic_level: str = "same", degrade_mode: str = "bilinear") -> Path:
+        """Stage 2 from the paper-form G (``semantic_level``: Table 7's variants)."""
         from .train import train_extractor
 
-        name = f"extractor_{arch or 'default'}" + (f"_shift{semantic_shift}" if semantic_shift else "")
+        name = f"extractor_{arch or 'default'}" + ("" if semantic_level == "same" else f"_{semantic_level}")
         name += _mode_suffix(degrade_mode)
         return self._train(
             train_extractor,
@@ -104,8 +106,9 @@ class Runs:
             guide_dir=self.detector(),
             srf_gan_dir=self.srf_gan(degrade_mode=degrade_mode),
             arch=arch,
-            semantic_shift=semantic_shift,
+            semantic_level=semantic_level,
             degrade_mode=degrade_mode,
+            weights_backbone=self.weights_backbone,
         )
 
     def target(
@@ -136,31 +139,6 @@ def _mode_suffix(mode: str) -> str:
     return "" if mode == "bilinear" else f"_deg{mode}"
 
 
-def evaluate_stage(
-    stage_dir: Path, profile: Profile, dataset: str, full_resolution: bool = True, progress: bool = True
-) -> dict:
-    """COCO AP of a stage's detector on the validation split, cached in ``stage_dir/eval.json``.
-
-    ``full_resolution`` resets the detector's resize to the profile's full size (the extractor M
-    was trained on half-size images; Table 4's A3 evaluates it on full-size ones).
-    """
-    from .data import load
-    from .eval import coco_evaluate
-    from .train import load_detector
-
-    cache = stage_dir / "eval.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    model = load_detector(stage_dir)
-    if full_resolution:
-        model.transform.min_size = (profile.image_size,)
-        model.transform.max_size = profile.max_size
-    val = load(dataset, split="val", profile=profile)
-    metrics = coco_evaluate(model, val, max_images=profile.eval_images or None, progress=progress)
-    cache.write_text(json.dumps(metrics, indent=1))
-    return metrics
-
-
 def _aggregate(per_seed: dict[int, dict]) -> dict:
     """Mean and std over seeds for every iou type and metric of per-seed ``coco_evaluate`` outputs."""
     first = next(iter(per_seed.values()))
@@ -179,7 +157,7 @@ def _rows(context: ExperimentContext, rows: dict[str, Callable[[Runs], Path]]) -
         for seed in context.seeds:
             runs = context.runs(seed)
             progress = context.options.get("progress", True)
-            per_seed[seed] = evaluate_stage(make(runs), context.profile, context.dataset, progress=progress)
+            per_seed[seed] = evaluate_stage(make(runs), context.dataset, full_resolution=True, progress=progress)
         out[row] = {"per_seed": per_seed, "summary": _aggregate(per_seed)}
     return out
 
@@ -194,9 +172,10 @@ class ExperimentContext:
     runs_root: Path
     options: dict = field(default_factory=dict)
     results_root: Path | None = None
+    weights_backbone: Path | None = None
 
     def runs(self, seed: int) -> Runs:
-        return Runs(self.profile, self.dataset, seed, self.runs_root, self.options)
+        return Runs(self.profile, self.dataset, seed, self.runs_root, self.options, self.weights_backbone)
 
 
 def interpolation(ctx: ExperimentContext) -> dict:
@@ -236,9 +215,13 @@ def degradation(ctx: ExperimentContext) -> dict:
 
 
 def semantic_level(ctx: ExperimentContext) -> dict:
-    """Table 7: L_SRF(M, D, F) between the same or different pyramid levels."""
+    """Table 7: L_SRF(M, D, F) between the same or different pyramid levels.
+
+    ``different`` is the paper's variant (section 4.2): full-size images to M and F, G(P3..P5) of M
+    against P2..P4 of F (:mod:`srfkit.train.extractor`, ``semantic_level="different"``).
+    """
     rows = {
-        "different": lambda r: r.target("M", extractor=r.extractor(semantic_shift=1)),
+        "different": lambda r: r.target("M", extractor=r.extractor(semantic_level="different")),
         "same": lambda r: r.target("M"),
     }
     return {"rows": _rows(ctx, rows)}
@@ -267,7 +250,8 @@ def detectors(ctx: ExperimentContext) -> dict:
 
 
 def adversarial_grad(ctx: ExperimentContext) -> dict:
-    """G trained with the adversarial gradient (the paper's equations) or without (the authors' code)."""
+    """G trained with the adversarial gradient (the paper's equations) or without it (the authors' training
+    code, in their AFI-GAN repository)."""
     rows = {
         "with_adversarial_grad": lambda r: r.target("G", srf_gan=r.srf_gan(adversarial_grad=True)),
         "without_adversarial_grad": lambda r: r.target("G", srf_gan=r.srf_gan(adversarial_grad=False)),
@@ -433,23 +417,26 @@ def run_experiment(
     runs_root: str | Path = "runs",
     seeds: tuple[int, ...] | None = None,
     results_root: Path | None = None,
+    weights_backbone: str | Path | None = None,
     **options,
 ) -> Path:
     """Run one experiment and write its result file; returns the file's path.
 
     ``options`` are :class:`srfkit.train.LoopOptions` fields applied to every stage (e.g. ``iters``
-    in tests); they are recorded in the result file.
+    in tests); they are recorded in the result file. ``weights_backbone``: a local ResNet state dict
+    for every detector built fresh (required by the ``paper`` profile's frozen BatchNorm).
     """
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
     profile = get_profile(profile)
     seeds = tuple(seeds or profile.seeds)
-    context = ExperimentContext(profile, dataset, seeds, Path(runs_root), options, results_root)
+    weights = Path(weights_backbone) if weights_backbone else None
+    context = ExperimentContext(profile, dataset, seeds, Path(runs_root), options, results_root, weights)
     t0 = time.perf_counter()
     payload = EXPERIMENTS[name](context)
     entry = {
         "seeds": list(seeds),
-        "config": {"profile": profile.to_dict(), "options": options},
+        "config": {"profile": profile.to_dict(), "options": options, "weights_backbone": str(weights or "")},
         **payload,
         "wall_time_s": time.perf_counter() - t0,
         "provenance": provenance(),
@@ -476,6 +463,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="where stage folders go [%(default)s]")
     parser.add_argument("--iters", type=int, default=None, help="override every stage's step count (smoke runs)")
+    parser.add_argument(
+        "--weights-backbone",
+        type=Path,
+        metavar="PATH",
+        help="local ResNet state dict for every detector built fresh (required by the paper profile)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -487,7 +480,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     options = {"iters": args.iters} if args.iters else {}
     for path in run_experiments(
-        names, args.profile, args.datasets.split(","), runs_root=args.runs, seeds=seeds, **options
+        names,
+        args.profile,
+        args.datasets.split(","),
+        runs_root=args.runs,
+        seeds=seeds,
+        weights_backbone=args.weights_backbone,
+        **options,
     ):
         print(f"wrote {path}")
     return 0

@@ -4,6 +4,11 @@ Every value below is copied from Lee and Bae, *SRF-GAN* (tables named in each en
 ResNet-50-FPN, Detectron2, 8 Titan Xp GPUs. They are reference values from the paper, never results
 of this code; chapters label them "paper (COCO)". Our own numbers come only from the files that
 ``python -m srfkit experiments`` writes under ``data/results/<profile>/``.
+
+Where the authors' code is: the SRF-GAN repository releases evaluation code only (a patched detectron2
+with ``generator_rdb.py`` and ``fpn_sr.py``, and trained weights); the code that trains SRF-GAN's stages
+is published in their follow-up AFI-GAN repository. srfkit's notes on "the authors' training code"
+(the detached adversarial term, the schedules in :mod:`srfkit.profiles`) refer to the latter.
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from .fileio import write_json
 from .filelock import file_lock
 
 __all__ = [
@@ -117,14 +117,8 @@ def provenance() -> dict:
 def write_result(profile: str, experiment: str, payload: dict, root: Path | None = None) -> Path:
     """Write ``payload`` plus provenance atomically to the experiment's result file."""
     path = results_path(profile, experiment, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
     document = {"experiment": experiment, "profile": profile, **payload, "provenance": provenance()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(document, f, indent=1, sort_keys=False, allow_nan=True)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; result files are for every reader
-    os.replace(tmp, path)
+    write_json(path, document)
     return path
 
 

@@ -20,6 +20,7 @@ from srfkit.data import (
     ImageFileError,
     build_dataset,
     collate_fn,
+    collate_train,
     dataset_dir,
     is_built,
     load,
@@ -115,6 +116,28 @@ def test_transforms_and_collate(clean_coco):
     assert [tuple(i.shape) for i in images] == [(3, 20, 24)] * 2
     assert all(t["halved"] for t in targets)
     assert collate_fn([]) == ([], [])
+
+
+def test_training_collate_drops_crowd_regions(tiny_coco):
+    """Crowd regions are never positive training boxes; the dataset itself keeps them for evaluation."""
+    ds = _open(tiny_coco)
+    sample = ds[0]
+    _, (t,) = collate_train([sample])
+    assert t["iscrowd"].tolist() == [0, 0]
+    assert t["labels"].tolist() == [1, 3]
+    assert t["boxes"].tolist() == [[4, 4, 24, 16], [30, 2, 40, 8]]
+    assert t["area"].tolist() == [128.0, 60.0]
+    assert np.array_equal(t["masks"][1].numpy(), tiny_coco.blob_mask)
+    assert int(t["image_id"]) == int(sample[1]["image_id"])
+    assert sample[1]["iscrowd"].tolist() == [0, 1, 0]  # the sample itself is not modified
+    _, (kept,) = collate_fn([sample])
+    assert kept["iscrowd"].tolist() == [0, 1, 0]
+
+
+def test_training_loop_uses_the_crowd_dropping_collate():
+    from srfkit.train import loop
+
+    assert loop.collate_train is collate_train
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -25,6 +25,7 @@ from srfkit.train import (
 )
 from srfkit.train.checkpoint import config_diff, load_checkpoint, load_module_state, save_checkpoint
 from srfkit.train.common import discriminator_widths, pyramid_keys, resize_to_profile
+from srfkit.train.extractor import level_pairs
 from srfkit.train.loop import InfiniteBatchSampler, warmup_multistep
 
 QUICK = get_profile("quick")
@@ -187,20 +188,134 @@ def test_adversarial_term_alone_moves_g_only_when_its_gradient_flows(run, data, 
     assert all(math.isfinite(r["g_adv"]) and r["g_adv"] > 0 for r in _rows(result))
 
 
-def test_semantic_shift_pairs_level_k_with_level_k_plus_1(run, data, tmp_path):
+def test_level_pairs_of_each_semantic_level():
+    two_stage = {2: "0", 3: "1", 4: "2", 5: "3"}
+    assert level_pairs(two_stage, two_stage, "same") == [("0", "0"), ("1", "1"), ("2", "2"), ("3", "3")]
+    # The paper's variant: G(P3..P5) of M against P2..P4 of F.
+    assert level_pairs(two_stage, two_stage, "different") == [("1", "0"), ("2", "1"), ("3", "2")]
+    assert level_pairs(two_stage, two_stage, "different_lr") == [("0", "1"), ("1", "2"), ("2", "3")]
+    with pytest.raises(KeyError):
+        level_pairs(two_stage, two_stage, "shifted")
+
+
+def test_different_semantic_level_is_the_papers_variant(run, data, tmp_path):
+    """Full-size images to M and F; G(P_k) of M compared with F's P_{k-1} (section 4.2, Table 7)."""
     result = train_extractor(
         QUICK,
         data,
         tmp_path,
         guide_dir=run["guide"].out_dir,
         srf_gan_dir=run["srf-gan"].out_dir,
-        semantic_shift=1,
+        semantic_level="different",
         iters=2,
         **FAST,
     )
     config = read_stage(result.out_dir)["config"]
-    assert [list(p) for p in config["level_pairs"]] == [["0", "1"], ["1", "2"], ["2", "3"]]
+    assert config["semantic_level"] == "different"
+    assert [list(p) for p in config["level_pairs"]] == [["1", "0"], ["2", "1"], ["3", "2"]]
+    assert config["detector"]["overrides"] == {}  # M is built for full-size images
     assert all(math.isfinite(r["srf_l1"]) for r in _rows(result))
+    # the half-size variant keeps M at half size
+    same = read_stage(run["extractor"].out_dir)["config"]
+    assert same["semantic_level"] == "same" and same["detector"]["overrides"]["image_size"] == QUICK.image_size // 2
+    with pytest.raises(ValueError, match="unknown semantic_level 'shifted'"):
+        train_extractor(
+            QUICK,
+            data,
+            tmp_path / "bad",
+            guide_dir=run["guide"].out_dir,
+            srf_gan_dir=run["srf-gan"].out_dir,
+            semantic_level="shifted",
+        )
+
+
+def test_different_level_step_compares_g_of_m_with_the_finer_guide_level(run, data):
+    """In the paper's variant the fake features are M's upsampler applied to M's level k (size of F's k-1)."""
+    from srfkit.train.extractor import ExtractorStage, build_extractor
+
+    guide, srf_gan = read_stage(run["guide"].out_dir), read_stage(run["srf-gan"].out_dir)
+    model, spec = build_extractor(QUICK, data, "mask_rcnn", srf_gan, guide, half_size=False)
+    stage = ExtractorStage(
+        model,
+        spec,
+        load_discriminator(run["srf-gan"].out_dir),
+        srf_gan["config"]["discriminator"],
+        load_feature_extractor(run["guide"].out_dir),
+        QUICK,
+        data,
+        semantic_level="different",
+    )
+    images, targets = [data[0][0], data[1][0]], [data[0][1], data[1][1]]
+    m_images, m_targets, real = stage.inputs(images, targets)
+    assert [tuple(i.shape) for i in m_images] == [(3, 64, 64)] * 2  # full size, not degraded
+    assert torch.equal(m_targets[0]["boxes"], targets[0]["boxes"])
+    assert [tuple(r.shape[-2:]) for r in real] == [(16, 16), (8, 8), (4, 4)]  # F's P2..P4 of 64 px
+
+
+def test_guide_features_are_the_detectors_own(run):
+    """F normalises and then zero-pads as the detector's transform does (not pad-then-normalise)."""
+    detector = load_detector(run["guide"].out_dir)
+    extractor = load_feature_extractor(run["guide"].out_dir)
+    image = torch.rand(3, 64, 40)  # quick profile: no resize at 64 x 40; the transform pads to 64 x 64
+    seen = {}
+    handle = detector.backbone.register_forward_hook(lambda _m, _i, out: seen.update(out))
+    with torch.no_grad():
+        detector.eval()([image])
+    handle.remove()
+    with torch.no_grad():
+        feats = extractor([image])
+    for key, value in seen.items():
+        assert torch.allclose(feats[key], value, atol=1e-6), key
+    # padding before normalising (the old way) gives other features in the padded border
+    with torch.no_grad():
+        old = extractor(F.pad(image, (0, 24))[None])
+    assert not torch.allclose(old["0"], seen["0"], atol=1e-4)
+
+
+def test_norm_parameters_get_no_weight_decay():
+    from srfkit.train.loop import decay_groups, norm_parameter_ids
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(4, 8), torch.nn.BatchNorm2d(8))
+    groups = decay_groups(list(model.parameters()), norm_parameter_ids([model]))
+    decay = {id(p) for p in groups[0]["params"]}
+    no_decay = {id(p) for p in groups[1]["params"]}
+    assert decay == {id(model[0].weight), id(model[0].bias)}
+    assert no_decay == {id(p) for p in list(model[1].parameters()) + list(model[2].parameters())}
+    assert groups[0]["weight_decay"] == 1e-4 and groups[1]["weight_decay"] == 0.0
+
+
+def test_training_optimiser_exempts_norm_layers(run):
+    """The loop's SGD groups: the guide's GroupNorm parameters get weight decay 0."""
+    from srfkit.train.guide import DetectorStage
+    from srfkit.train.loop import LoopOptions, _Run
+    from srfkit.train.distributed import init_distributed
+
+    detector = load_detector(run["guide"].out_dir)
+    spec = read_stage(run["guide"].out_dir)["config"]["detector"]
+    stage = DetectorStage("guide", detector, spec, TinyDetection(2))
+    r = _Run(stage, QUICK.guide, run["guide"].out_dir, 0, LoopOptions(progress=False), init_distributed("cpu"))
+    r.build_optim()
+    groups = r.optimizers["detector"].param_groups
+    gn = {id(p) for m in detector.modules() if isinstance(m, torch.nn.GroupNorm) for p in m.parameters()}
+    assert gn and {id(p) for p in groups[1]["params"]} == gn and groups[1]["weight_decay"] == 0.0
+    assert not gn & {id(p) for p in groups[0]["params"]} and groups[0]["weight_decay"] == 1e-4
+
+
+def test_frozen_norm_without_backbone_weights_is_refused(data, tmp_path):
+    frozen = QUICK.replace(norm="frozen")
+    with pytest.raises(ValueError, match=r"norm='frozen'.*--weights-backbone PATH"):
+        train_guide(frozen, data, tmp_path / "g", iters=1, **FAST)
+    assert not (tmp_path / "g").exists()  # refused before anything was written
+
+
+def test_frozen_norm_trains_from_local_backbone_weights(data, tmp_path):
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    frozen = QUICK.replace(norm="frozen")
+    result = train_guide(frozen, data, tmp_path / "g", iters=1, weights_backbone=weights, **FAST)
+    assert json.loads((result.out_dir / "config.json").read_text())["sources"]["weights_backbone"] == str(weights)
 
 
 def test_target_reuses_m_or_keeps_g_frozen(run, data, tmp_path):

@@ -14,13 +14,10 @@ cache state hit all of them alike.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import platform
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import srfkit.models.peers  # noqa: F401  (registers dysample, dysample_dynamic, carafe)
+from srfkit.fileio import write_json
 from srfkit.models import make_upsampler, upsampler_names
 
 __all__ = ["STRIDES", "step_sizes", "benchmark", "format_table", "main"]
@@ -117,20 +115,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    """Atomic write: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m srfkit.bench.upsamplers",
@@ -189,7 +173,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "processor": platform.processor(),
             "rows": rows,
         }
-        _write_json(args.json, payload)
+        write_json(args.json, payload)
         print(f"wrote {args.json}")
     return rows
 

@@ -19,7 +19,16 @@ from .builders import (
     size_histogram,
     split_paths,
 )
-from .coco import AnnotationFileError, CocoDetection, DatasetError, ImageFileError, collate_fn, read_image
+from .coco import (
+    AnnotationFileError,
+    CocoDetection,
+    DatasetError,
+    ImageFileError,
+    collate_fn,
+    collate_train,
+    drop_crowd,
+    read_image,
+)
 from .degrade import DEGRADE_MODES, Compose, Degrade, RandomHorizontalFlip, degrade, degraded_size
 
 __all__ = [
@@ -35,11 +44,13 @@ __all__ = [
     "RandomHorizontalFlip",
     "build_dataset",
     "collate_fn",
+    "collate_train",
     "data_root",
     "dataset_dir",
     "dataset_names",
     "degrade",
     "degraded_size",
+    "drop_crowd",
     "is_built",
     "load",
     "read_image",

@@ -347,7 +347,34 @@ class CocoDetection(Dataset):
         return image, target
 
 
-def collate_fn(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
-    """Collate detection samples into ``(list of images, list of targets)`` (sizes may differ)."""
+# Per-object entries of a target dict (first dimension K); the rest (``image_id``) is per image.
+OBJECT_KEYS = ("boxes", "labels", "masks", "iscrowd", "area")
+
+
+def drop_crowd(target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The target without its crowd regions (``iscrowd == 1``): what a detector trains on.
+
+    Crowd annotations mark regions of many objects; COCO evaluation ignores detections there, and
+    detectors never learn them as positive boxes. Evaluation keeps them (pycocotools reads the file).
+    Returns a new dict; ``target`` itself is not modified.
+    """
+    crowd = target.get("iscrowd")
+    if crowd is None or not bool(crowd.any()):
+        return target
+    keep = crowd == 0
+    return {k: (v[keep] if k in OBJECT_KEYS else v) for k, v in target.items()}
+
+
+def collate_fn(batch: list[tuple[Tensor, dict]], drop_crowds: bool = False) -> tuple[list[Tensor], list[dict]]:
+    """Collate detection samples into ``(list of images, list of targets)`` (sizes may differ).
+
+    ``drop_crowds=True`` (training) removes crowd regions from the targets (:func:`drop_crowd`).
+    """
     images, targets = zip(*batch) if batch else ((), ())
+    targets = [drop_crowd(t) for t in targets] if drop_crowds else targets
     return list(images), list(targets)
+
+
+def collate_train(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
+    """:func:`collate_fn` for training loaders: crowd regions dropped (picklable for workers)."""
+    return collate_fn(batch, drop_crowds=True)

@@ -8,6 +8,7 @@ torchvision's transform would otherwise resize a half-size image straight back u
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -26,10 +27,11 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from ..models.fpn import SRFFeaturePyramidNetwork
 from ..models.upsamplers import UPSAMPLERS
 from ..profiles import Profile, get_profile
+from .centermask import CenterMask
 
-__all__ = ["ARCHS", "FeatureExtractor", "build_backbone", "build_detector", "get_fpn"]
+__all__ = ["ARCHS", "FeatureExtractor", "build_backbone", "build_detector", "get_fpn", "pad_batch"]
 
-ARCHS = ("mask_rcnn", "faster_rcnn", "retinanet", "fcos")
+ARCHS = ("mask_rcnn", "faster_rcnn", "retinanet", "fcos", "centermask")
 NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
     "group": partial(nn.GroupNorm, 32),
     "batch": nn.BatchNorm2d,
@@ -37,6 +39,30 @@ NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
 }
 # FCOS assigns one anchor per location whose size is the level's stride (torchvision's choice).
 FCOS_ANCHOR_SIZES = ((8,), (16,), (32,), (64,), (128,))
+FCOS_HEAD_GROUPS = 32  # torchvision's GroupNorm(32, C) in the FCOS head towers
+
+
+def fcos_head_groups(channels: int) -> int:
+    """GroupNorm groups of the FCOS head towers for width ``channels``.
+
+    torchvision's 32 groups, or fewer when 32 would leave fewer than two channels per group. With
+    one channel per group, a 1x1 level (P6/P7 of a small image) normalises each group over a single
+    value: torch refuses that at batch 1 ("Expected more than 1 value per channel") and at larger
+    batches the tower outputs only the norm's bias there. 32 at C >= 64 (cpu and paper profiles),
+    16 at C = 32 (quick).
+    """
+    for groups in range(min(FCOS_HEAD_GROUPS, channels // 2), 0, -1):
+        if channels % groups == 0:
+            return groups
+    raise ValueError(f"FCOS head: fpn_channels={channels} is too narrow for GroupNorm (needs at least 2 channels)")
+
+
+def _set_head_norm(head: nn.Module, groups: int) -> None:
+    """Replace every ``GroupNorm`` of a head's conv towers by one with ``groups`` groups (same parameters)."""
+    for tower in (head.classification_head.conv, head.regression_head.conv):
+        for i, layer in enumerate(tower):
+            if isinstance(layer, nn.GroupNorm):
+                tower[i] = nn.GroupNorm(groups, layer.num_channels, eps=layer.eps, affine=layer.affine)
 
 
 def _resnet(profile: Profile, weights_backbone: str | Path | None) -> nn.Module:
@@ -112,7 +138,8 @@ def build_detector(
     """A torchvision detector whose FPN upsamples with ``upsampler``.
 
     Args:
-        arch: ``mask_rcnn``, ``faster_rcnn``, ``retinanet`` or ``fcos``.
+        arch: ``mask_rcnn``, ``faster_rcnn``, ``retinanet``, ``fcos`` or ``centermask`` (FCOS + SAG-Mask,
+            :class:`~srfkit.detection.centermask.CenterMask`).
         num_classes: classes including the background index 0 (torchvision's convention; the
             one-stage heads simply never predict index 0).
         upsampler: registry name or module for the FPN top-down path.
@@ -160,6 +187,11 @@ def build_detector(
 
     # One-stage heads: P3-P7 from C3-C5, P6/P7 computed from P5 (RetinaNet v2 / FCOS style).
     c = profile.fpn_channels
+    if arch in ("fcos", "centermask"):
+        try:
+            groups = fcos_head_groups(c)
+        except ValueError as err:
+            raise ValueError(f"profile {profile.name!r}, arch {arch!r}: {err}") from None
     backbone = build_backbone(
         profile,
         upsampler,
@@ -175,9 +207,12 @@ def build_detector(
             backbone, num_classes, anchor_generator=anchors, detections_per_img=profile.detections_per_img, **common
         )
     anchors = AnchorGenerator(FCOS_ANCHOR_SIZES, ((1.0,),) * len(FCOS_ANCHOR_SIZES))
-    return FCOS(
+    model = (CenterMask if arch == "centermask" else FCOS)(
         backbone, num_classes, anchor_generator=anchors, detections_per_img=profile.detections_per_img, **common
     )
+    # Swapping the norms draws no random numbers: models at 32 groups are the same as before.
+    _set_head_norm(model.head, groups)
+    return model
 
 
 def get_fpn(model: nn.Module) -> SRFFeaturePyramidNetwork:
@@ -186,20 +221,57 @@ def get_fpn(model: nn.Module) -> SRFFeaturePyramidNetwork:
     return model.backbone.fpn
 
 
-class FeatureExtractor(nn.Module):
-    """The multi-scale feature extractor F of a detector: normalise, backbone, FPN.
+def pad_batch(images: list[torch.Tensor], divisor: int = 32, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Stack (C, H_i, W_i) images into (N, C, H, W), zero-padded bottom/right.
 
-    ``forward``: images (N, 3, H, W), RGB in [0, 1] -> ``OrderedDict`` of FPN levels
-    (N, C, H/s, W/s), without the detector's resize (so a half-size image stays half-size).
-    Normalisation uses the detector transform's own mean and std.
+    (H, W) is ``size`` when given, else the largest image size rounded up to a multiple of ``divisor``
+    (what torchvision's ``GeneralizedRCNNTransform.batch_images`` does with ``size_divisible``).
+    """
+    if size is None:
+        h = max(i.shape[-2] for i in images)
+        w = max(i.shape[-1] for i in images)
+        size = (math.ceil(h / divisor) * divisor, math.ceil(w / divisor) * divisor)
+    batch = images[0].new_zeros((len(images), images[0].shape[0], *size))
+    for out, img in zip(batch, images):
+        if img.shape[-2] > size[0] or img.shape[-1] > size[1]:
+            raise ValueError(f"pad_batch: an image of {tuple(img.shape[-2:])} does not fit in {tuple(size)}")
+        out[:, : img.shape[-2], : img.shape[-1]].copy_(img)
+    return batch
+
+
+class FeatureExtractor(nn.Module):
+    """The multi-scale feature extractor F of a detector: normalise, (pad), backbone, FPN.
+
+    ``forward(images, size_divisible=None, size=None)`` -> ``OrderedDict`` of FPN levels (N, C, H/s, W/s),
+    without the detector's resize (so a half-size image stays half-size):
+
+    * a list of (3, H_i, W_i) images, RGB in [0, 1], goes the detector transform's own way: each image
+      normalised with the transform's mean and std, then zero-padded bottom/right to a multiple of
+      ``size_divisible`` (default: the transform's, 32) or to ``size``. These are the features the
+      detector's backbone computes in training (padding before normalising would feed it
+      ``-mean/std`` instead of zeros in the padded border).
+    * a batch tensor (N, 3, H, W) in [0, 1] is normalised and used as it is (no padding).
     """
 
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
         detector = getattr(detector, "module", detector)
         self.backbone = detector.backbone
+        self.size_divisible = int(getattr(detector.transform, "size_divisible", 32))
         self.register_buffer("mean", torch.tensor(detector.transform.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(detector.transform.image_std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.backbone((images - self.mean) / self.std)
+    def normalize(self, images: list[torch.Tensor], size_divisible: int | None = None, size=None) -> torch.Tensor:
+        """Normalised and then zero-padded batch (N, 3, H, W) of a list of (3, H_i, W_i) images."""
+        normed = [(img - self.mean[0]) / self.std[0] for img in images]
+        return pad_batch(normed, size_divisible or self.size_divisible, size)
+
+    def forward(
+        self,
+        images: torch.Tensor | list[torch.Tensor],
+        size_divisible: int | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        if isinstance(images, torch.Tensor):
+            return self.backbone((images - self.mean) / self.std)
+        return self.backbone(self.normalize(images, size_divisible, size))

@@ -13,17 +13,17 @@ whose config differs from the one at hand is refused with the differing settings
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..fileio import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -83,30 +83,15 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
             free space left, and the temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(payload, f), binary=True, fsync=True)
     except (OSError, RuntimeError) as err:  # torch.save reports a short write as a RuntimeError
-        _remove(tmp)
         free_mb = shutil.disk_usage(path.parent).free / 2**20
         raise OSError(
             f"{path}: checkpoint not written ({err}); {free_mb:.0f} MiB free on its disk; "
             "earlier checkpoints are untouched"
         ) from err
-    except BaseException:
-        _remove(tmp)
-        raise
     return path
-
-
-def _remove(path: str) -> None:
-    if os.path.exists(path):
-        os.unlink(path)
 
 
 def load_checkpoint(path: str | Path, expected_config: dict | None = None, map_location: Any = "cpu") -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..detection import FeatureExtractor, build_detector, get_fpn
+from ..detection import FeatureExtractor, build_detector, get_fpn, pad_batch
 from ..models import FeaturePatchDiscriminator, fit_to_size, make_upsampler
 from ..profiles import Profile, Schedule
 from .checkpoint import FINAL_NAME, latest_checkpoint, load_checkpoint, load_module_state
@@ -41,6 +40,7 @@ __all__ = [
     "generator_spec",
     "detector_spec",
     "build_from_spec",
+    "check_backbone_init",
     "read_stage",
     "load_detector",
     "load_feature_extractor",
@@ -145,17 +145,6 @@ def resize_to_profile(image: Tensor, target: dict | None, profile: Profile) -> t
     return image, target
 
 
-def pad_batch(images: list[Tensor], divisor: int = PAD_DIVISOR) -> Tensor:
-    """Stack (3, H_i, W_i) images into (N, 3, H, W), zero-padded bottom/right to a multiple of ``divisor``."""
-    h = max(i.shape[-2] for i in images)
-    w = max(i.shape[-1] for i in images)
-    h, w = math.ceil(h / divisor) * divisor, math.ceil(w / divisor) * divisor
-    batch = images[0].new_zeros((len(images), 3, h, w))
-    for out, img in zip(batch, images):
-        out[:, : img.shape[-2], : img.shape[-1]].copy_(img)
-    return batch
-
-
 def degrade(
     image: Tensor, target: dict | None = None, scale: float = 0.5, mode: str = "bilinear"
 ) -> tuple[Tensor, dict | None]:
@@ -226,7 +215,8 @@ def srf_losses(
 
     ``fake[i]`` is cropped to ``real[i]``'s size (``fit_to_size``). The adversarial term is
     BCE-with-logits of D(fake) against "real"; with ``adversarial_grad=False`` D sees a detached
-    copy, as in the authors' released training code, so the generator gets no gradient from it.
+    copy, as the authors' training code does (published in their AFI-GAN repository; the SRF-GAN
+    repository is evaluation-only), so the generator gets no gradient from it.
     """
     l1 = fake[0].new_zeros((), dtype=torch.float32)
     adv = l1.clone()
@@ -253,9 +243,16 @@ def discriminator_widths(profile: Profile) -> tuple[int, ...]:
     return tuple(profile.discriminator_widths)
 
 
-def discriminator_spec(profile: Profile) -> dict:
-    """Plain description of D (stored in configs so loaders can rebuild it)."""
-    return {"channels": profile.fpn_channels, "widths": list(discriminator_widths(profile))}
+def discriminator_spec(profile: Profile, head: str = "paper") -> dict:
+    """Plain description of D (stored in configs so loaders can rebuild it).
+
+    ``head``: D's output conv (see :class:`~srfkit.models.FeaturePatchDiscriminator`); stored only when
+    it is not the default ``"paper"``, so default configs stay exactly as they were.
+    """
+    spec = {"channels": profile.fpn_channels, "widths": list(discriminator_widths(profile))}
+    if head != "paper":
+        spec["head"] = head
+    return spec
 
 
 def generator_spec(channels: int, variant: str = "paper", num_blocks: int | None = None) -> dict:
@@ -278,16 +275,36 @@ def build_upsampler(spec: dict) -> nn.Module:
     return make_upsampler(spec["name"], spec["channels"], **spec.get("kwargs", {}))
 
 
-def build_from_spec(spec: dict, upsampler: nn.Module | None = None) -> nn.Module:
-    """The detector a :func:`detector_spec` describes (randomly initialised)."""
+def build_from_spec(
+    spec: dict, upsampler: nn.Module | None = None, weights_backbone: str | Path | None = None
+) -> nn.Module:
+    """The detector a :func:`detector_spec` describes (random, or its ResNet from ``weights_backbone``)."""
     upsampler = build_upsampler(spec["upsampler"]) if upsampler is None else upsampler
     profile = profile_from_dict(spec["profile"])
-    return build_detector(spec["arch"], spec["num_classes"], upsampler, profile, **spec["overrides"])
+    return build_detector(
+        spec["arch"], spec["num_classes"], upsampler, profile, weights_backbone=weights_backbone, **spec["overrides"]
+    )
+
+
+def check_backbone_init(profile: Profile, weights_backbone: str | Path | None) -> None:
+    """Refuse to train a backbone under frozen BatchNorm from random weights.
+
+    ``FrozenBatchNorm2d`` keeps the statistics of pretrained weights fixed; over a random ResNet it is an
+    identity normalisation that never adapts, and the detector trains badly (the paper started from
+    ImageNet weights). Raises ``ValueError`` saying what to pass instead.
+    """
+    if profile.norm == "frozen" and weights_backbone is None:
+        raise ValueError(
+            f"profile {profile.name!r} uses norm='frozen' (FrozenBatchNorm2d), which only makes sense over "
+            f"pretrained backbone weights: a random {profile.backbone} would train with a fixed identity "
+            "normalisation. Pass weights_backbone / --weights-backbone PATH (a local torchvision-layout "
+            f"{profile.backbone} state dict; nothing is downloaded), or use a profile with norm='group'."
+        )
 
 
 def build_discriminator(spec: dict) -> FeaturePatchDiscriminator:
-    """The D a :func:`discriminator_spec` describes (randomly initialised)."""
-    return FeaturePatchDiscriminator(spec["channels"], tuple(spec["widths"]))
+    """The D a :func:`discriminator_spec` describes (randomly initialised; no ``head``: the paper's)."""
+    return FeaturePatchDiscriminator(spec["channels"], tuple(spec["widths"]), head=spec.get("head", "paper"))
 
 
 def upsampler_spec(name: str, profile: Profile, variant: str = "paper", num_blocks: int | None = None) -> dict:

@@ -10,12 +10,17 @@ masks and areas scaled by 0.5. Each step:
 3. D's update: real = the targets, fake = M's levels (detached); D starts from stage 1's D.
 4. M's update: detection loss + ``l1_weight * L1 + adv_weight * adversarial`` over the levels.
 
-``semantic_shift=1`` is the "different semantic levels" variant of Table 7, defined here as: keep
-M's input, detection loss and everything else, but pair M's level P_k (of the half-size image)
-with F's level P_{k+1} of the full-size image, which has the same spatial size and needs no
-downsampling, yet holds the next coarser semantic level. (The paper's own variant feeds the same
-resolution to M and F and compares G(P_{k+1}) with P_k; both mismatch the semantic level by one
-with the spatial size matched; this one changes nothing else in the stage.)
+``semantic_level`` chooses which levels the SRF loss compares (Table 7):
+
+* ``"same"`` (the paper's method): M's P_k of I_lr against ``downsample(F(I)_k, 0.5)``, as above.
+* ``"different"`` (the paper's mismatched variant, section 4.2 and the Table 7 paragraph: "we feed
+  training images of the same resolution to M and F, and compare {P3_sr, P4_sr, P5_sr} and
+  {P2_tr, P3_tr, P4_tr}"): M is built for full-size images and trained on I itself (full-size
+  targets); the super-resolved ``G(P_k)`` of M's level k (G is M's own FPN upsampler), for k in
+  P3-P5, is compared with F's level P_{k-1} of the same I: equal spatial size, one semantic level
+  apart.
+* ``"different_lr"`` (srfkit's earlier variant, kept as a named option): M on I_lr as in ``same``, its
+  P_k against F's P_{k+1} of I (equal size, no downsampling, the next coarser semantic level).
 """
 
 from __future__ import annotations
@@ -27,16 +32,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..detection import FeatureExtractor
+from ..detection import FeatureExtractor, get_fpn, transfer_backbone
 from ..profiles import Profile, get_profile
 from .checkpoint import load_module_state
 from .common import (
     ADV_WEIGHT,
+    PAD_DIVISOR,
     SRF_LEVELS,
     LevelMap,
     build_discriminator,
     build_from_spec,
     check_arch,
+    check_backbone_init,
     crop_common,
     dataset_info,
     default_arch,
@@ -44,9 +51,9 @@ from .common import (
     detector_spec,
     discriminator_loss,
     frozen,
+    load_detector,
     load_feature_extractor,
     load_generator,
-    pad_batch,
     pyramid_keys,
     read_stage,
     resize_to_profile,
@@ -56,15 +63,21 @@ from .common import (
 from .guide import loop_options
 from .loop import Stage, StageResult, seed_everything, train_loop
 
-__all__ = ["ExtractorStage", "train_extractor", "load_matching"]
+__all__ = ["SEMANTIC_LEVELS", "ExtractorStage", "level_pairs", "train_extractor"]
 
 
-def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Copy every entry of ``state`` whose name and shape match ``model``'s; returns the counts."""
-    own = model.state_dict()
-    match = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    model.load_state_dict(match, strict=False)
-    return {"loaded": len(match), "skipped": len(own) - len(match)}
+SEMANTIC_LEVELS = ("same", "different", "different_lr")
+
+
+def level_pairs(m_keys: dict[int, str], f_keys: dict[int, str], semantic_level: str = "same") -> list[tuple[str, str]]:
+    """(M's FPN key, F's FPN key) per compared level, from level -> key maps (``pyramid_keys``).
+
+    ``same``: P_k with P_k for k in P2-P5; ``different``: M's P_k with F's P_{k-1} for k in P3-P5;
+    ``different_lr``: M's P_k with F's P_{k+1}. Levels that either side lacks are left out.
+    """
+    shift = {"same": 0, "different": -1, "different_lr": 1}[semantic_level]
+    levels = [k for k in SRF_LEVELS if k in m_keys and k + shift in f_keys and k + shift in SRF_LEVELS]
+    return [(m_keys[k], f_keys[k + shift]) for k in levels]
 
 
 class ExtractorStage(Stage):
@@ -73,7 +86,7 @@ class ExtractorStage(Stage):
     Args:
         extractor_model: M; ``spec``: its detector spec. discriminator: D (``discriminator_cfg``: its
             spec). guide: F (frozen).
-        semantic_shift: 0 (paper) or 1 (Table 7's different-level variant; see the module doc).
+        semantic_level: ``same`` (the method), ``different`` or ``different_lr`` (Table 7; see the module doc).
         l1_weight, adv_weight, adversarial_grad: as in stage 1.
         degrade_mode: interpolation that makes I_lr (Table 6).
     """
@@ -90,7 +103,7 @@ class ExtractorStage(Stage):
         guide: FeatureExtractor,
         profile: Profile,
         dataset: Dataset,
-        semantic_shift: int = 0,
+        semantic_level: str = "same",
         l1_weight: float = 1.0,
         adv_weight: float = ADV_WEIGHT,
         adversarial_grad: bool = True,
@@ -99,18 +112,15 @@ class ExtractorStage(Stage):
         sources: dict | None = None,
     ) -> None:
         super().__init__()
-        if semantic_shift not in (0, 1):
-            raise ValueError(f"semantic_shift must be 0 (same level) or 1 (next level), not {semantic_shift!r}")
+        if semantic_level not in SEMANTIC_LEVELS:
+            raise ValueError(f"unknown semantic_level {semantic_level!r}; valid: {', '.join(SEMANTIC_LEVELS)}")
         self.modules = {"M": extractor_model, "D": discriminator}
         self.guide, self.profile = guide, profile
         self.frozen = {"F": guide}
-        self.semantic_shift, self.l1_weight = semantic_shift, l1_weight
+        self.semantic_level, self.l1_weight = semantic_level, l1_weight
         self.adv_weight, self.adversarial_grad = adv_weight, adversarial_grad
         self.degrade_mode = degrade_mode
-        m_keys, f_keys = pyramid_keys(extractor_model), pyramid_keys(guide)
-        self.pairs = [
-            (m_keys[k], f_keys[k + semantic_shift]) for k in SRF_LEVELS if k in m_keys and k + semantic_shift in f_keys
-        ]
+        self.pairs = level_pairs(pyramid_keys(extractor_model), pyramid_keys(guide), semantic_level)
         self._feats: dict[str, torch.Tensor] = {}
         extractor_model.backbone.register_forward_hook(lambda _m, _i, out: self._feats.update(out))
         self._config = {
@@ -118,7 +128,7 @@ class ExtractorStage(Stage):
             "dataset": dataset_info(dataset),
             "detector": spec,
             "discriminator": discriminator_cfg,
-            "semantic_shift": semantic_shift,
+            "semantic_level": semantic_level,
             "level_pairs": self.pairs,
             "l1_weight": l1_weight,
             "adv_weight": adv_weight,
@@ -135,22 +145,32 @@ class ExtractorStage(Stage):
         self.run = {"M": env.wrap(self.modules["M"]), "D": env.wrap(LevelMap(self.modules["D"]))}
 
     def inputs(self, images: list[torch.Tensor], targets: list[dict]):
-        """(half-size images, scaled targets, guide targets per level pair)."""
+        """(M's images, their targets, guide features per level pair).
+
+        F sees the full-size images the detector's way (normalised, then zero-padded to a multiple
+        of 64); M sees them degraded to half size (``same``, ``different_lr``) or as they are
+        (``different``).
+        """
         full = [resize_to_profile(img, tgt, self.profile) for img, tgt in zip(images, targets)]
-        half = [degrade(img, tgt, 0.5, self.degrade_mode) for img, tgt in full]
         with torch.no_grad():
-            feats = self.guide(pad_batch([img for img, _ in full]))
-        real = [
-            feats[fk] if self.semantic_shift else F.interpolate(feats[fk], scale_factor=0.5, mode="bilinear")
-            for _, fk in self.pairs
-        ]
+            feats = self.guide([img for img, _ in full], size_divisible=PAD_DIVISOR)
+        if self.semantic_level == "different":
+            return [img for img, _ in full], [tgt for _, tgt in full], [feats[fk] for _, fk in self.pairs]
+        half = [degrade(img, tgt, 0.5, self.degrade_mode) for img, tgt in full]
+        real = [feats[fk] for _, fk in self.pairs]
+        if self.semantic_level == "same":
+            real = [F.interpolate(r, scale_factor=0.5, mode="bilinear") for r in real]
         return [img for img, _ in half], [tgt for _, tgt in half], real
 
     def step(self, batch, ctx) -> None:
         images, targets, real = self.inputs(*batch)
         with ctx.autocast():
             det = self.run["M"](images, targets)
-        pairs = [crop_common(self._feats[mk], r) for (mk, _), r in zip(self.pairs, real)]
+            fake = [self._feats[mk] for mk, _ in self.pairs]
+            if self.semantic_level == "different":  # P_sr = G(P_k) of M's own levels, x2
+                upsampler = get_fpn(self.modules["M"]).upsampler
+                fake = [upsampler(x) for x in fake]
+        pairs = [crop_common(f, r) for f, r in zip(fake, real)]
         fake, real = [p[0] for p in pairs], [p[1] for p in pairs]
         with ctx.autocast():
             logits = self.run["D"](real + [f.detach() for f in fake])
@@ -162,26 +182,30 @@ class ExtractorStage(Stage):
 
 
 def build_extractor(
-    profile: Profile, data: Dataset, arch: str, srf_gan: dict, guide: dict, init_from_guide: bool = False
+    profile: Profile,
+    data: Dataset,
+    arch: str,
+    srf_gan: dict,
+    guide: dict,
+    init_from_guide: bool = False,
+    half_size: bool = True,
+    weights_backbone: str | Path | None = None,
 ) -> tuple[nn.Module, dict]:
-    """M: detector at half size with stage-1 G as its upsampler.
+    """M: detector at half size (full size with ``half_size=False``) with stage-1 G as its upsampler.
 
     Its other weights start fresh, as in the paper ("the other parameters of the multi-scale SRF
-    extractor are initialized"), or from the guide where they fit when ``init_from_guide``.
+    extractor are initialized"), or, with ``init_from_guide``, its backbone and FPN convs from the
+    guide's, pyramid level by level (:func:`~srfkit.detection.transfer_backbone`; never the heads,
+    and not the guide's upsampler: M keeps stage 1's G).
     """
     generator = load_generator(srf_gan).train()
-    spec = detector_spec(
-        arch,
-        data.num_classes,
-        srf_gan["config"]["generator"],
-        profile,
-        image_size=profile.image_size // 2,
-        max_size=(profile.max_size + 1) // 2,
-    )
-    model = build_from_spec(spec, upsampler=generator)
+    sizes = dict(image_size=profile.image_size // 2, max_size=(profile.max_size + 1) // 2) if half_size else {}
+    spec = detector_spec(arch, data.num_classes, srf_gan["config"]["generator"], profile, **sizes)
+    model = build_from_spec(spec, upsampler=generator, weights_backbone=weights_backbone)
     if init_from_guide:
-        guide_state = {k: v for k, v in guide["models"]["detector"].items() if ".upsampler." not in k}
-        load_matching(model, guide_state)
+        with torch.random.fork_rng(devices=[]):
+            guide_model = load_detector(guide)
+        transfer_backbone(guide_model, model, upsampler=False)
     return model, spec
 
 
@@ -195,12 +219,13 @@ def train_extractor(
     guide_dir: str | Path,
     srf_gan_dir: str | Path,
     arch: str | None = None,
-    semantic_shift: int = 0,
+    semantic_level: str = "same",
     l1_weight: float = 1.0,
     adv_weight: float = ADV_WEIGHT,
     adversarial_grad: bool = True,
     init_from_guide: bool = False,
     degrade_mode: str = "bilinear",
+    weights_backbone: str | Path | None = None,
     **options,
 ) -> StageResult:
     """Stage 2: train M (detection + per-level SRF loss against the guide) and D, on degraded images.
@@ -209,12 +234,15 @@ def train_extractor(
         guide_dir: finished guide stage (F).
         srf_gan_dir: finished srf-gan stage (G inside M's FPN, D).
         arch: M's detection head (default: ``mask_rcnn`` if the dataset has masks, else ``faster_rcnn``).
-        semantic_shift: 1 for Table 7's different-semantic-level variant.
+        semantic_level: ``same`` (the method), ``different`` (Table 7's mismatched variant, the paper's
+            definition) or ``different_lr`` (see the module doc).
         l1_weight, adv_weight, adversarial_grad: as in :func:`~srfkit.train.train_srf_gan`.
-        init_from_guide: start M's backbone, FPN and heads from the guide's weights where they fit
-            (default False: fresh, as in the paper; True gives M-reusing targets extra training that
-            a baseline does not get).
+        init_from_guide: start M's ResNet body and FPN convs from the guide's, level by level, never its
+            heads nor its upsampler (default False: fresh, as in the paper; True gives M-reusing
+            targets extra training that a baseline does not get).
         degrade_mode: interpolation of the degradation function (Table 6): bilinear, nearest, bicubic.
+        weights_backbone: a local ResNet state dict for M's backbone (required by ``norm="frozen"``
+            profiles such as ``paper``).
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
     profile = get_profile(profile)
@@ -223,7 +251,12 @@ def train_extractor(
     check_arch(arch, data)
     guide, srf_gan = read_stage(guide_dir), read_stage(srf_gan_dir)
     seed_everything(seed)
-    model, spec = build_extractor(profile, data, arch, srf_gan, guide, init_from_guide)
+    if semantic_level not in SEMANTIC_LEVELS:
+        raise ValueError(f"unknown semantic_level {semantic_level!r}; valid: {', '.join(SEMANTIC_LEVELS)}")
+    if not init_from_guide:  # init_from_guide copies the guide's backbone
+        check_backbone_init(profile, weights_backbone)
+    half_size = semantic_level != "different"
+    model, spec = build_extractor(profile, data, arch, srf_gan, guide, init_from_guide, half_size, weights_backbone)
     disc = build_discriminator(srf_gan["config"]["discriminator"])
     load_module_state(disc, srf_gan["models"]["D"], source=srf_gan_dir)
     stage = ExtractorStage(
@@ -234,7 +267,7 @@ def train_extractor(
         load_feature_extractor(guide),
         profile,
         data,
-        semantic_shift=semantic_shift,
+        semantic_level=semantic_level,
         l1_weight=l1_weight,
         adv_weight=adv_weight,
         adversarial_grad=adversarial_grad,
@@ -244,6 +277,10 @@ def train_extractor(
             "srf_gan": srf_gan["config"]["generator"],
             "init_from_guide": init_from_guide,
         },
-        sources={"guide": str(guide_dir), "srf_gan": str(srf_gan_dir)},
+        sources={
+            "guide": str(guide_dir),
+            "srf_gan": str(srf_gan_dir),
+            "weights_backbone": str(weights_backbone) if weights_backbone else None,
+        },
     )
     return train_loop(stage, data, out_dir, profile.extractor, seed, resume, loop_options(profile, options))

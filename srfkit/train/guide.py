@@ -16,6 +16,7 @@ from ..profiles import Profile, get_profile
 from .common import (
     build_from_spec,
     check_arch,
+    check_backbone_init,
     dataset_info,
     default_arch,
     detector_spec,
@@ -102,6 +103,7 @@ def train_guide(
     *,
     arch: str | None = None,
     upsampler: str = "nearest",
+    weights_backbone: str | Path | None = None,
     **options,
 ) -> StageResult:
     """Stage 0: train the guide detector (nearest upsampling by default) on full-resolution images.
@@ -111,13 +113,22 @@ def train_guide(
         out_dir: the stage's folder (checkpoints, ``metrics.jsonl``, ``config.json``).
         arch: detector family (default: ``mask_rcnn`` if the dataset has masks, else ``faster_rcnn``).
         upsampler: FPN top-down upsampler (registry name).
+        weights_backbone: a local ResNet state dict to start the backbone from (needed, and only then
+            required, by profiles with ``norm="frozen"``, such as ``paper``).
         **options: :class:`~srfkit.train.loop.LoopOptions` fields (``iters``, ``clip_grad``, ``device``, ...).
     """
     profile = get_profile(profile)
     data = resolve_dataset(dataset, profile, options.get("device"))
     arch = arch or default_arch(data)
     check_arch(arch, data)
+    check_backbone_init(profile, weights_backbone)
     seed_everything(seed)
     spec = detector_spec(arch, data.num_classes, upsampler_spec(upsampler, profile), profile)
-    stage = DetectorStage("guide", build_from_spec(spec), spec, data)
+    stage = DetectorStage(
+        "guide",
+        build_from_spec(spec, weights_backbone=weights_backbone),
+        spec,
+        data,
+        sources={"weights_backbone": str(weights_backbone) if weights_backbone else None},
+    )
     return train_loop(stage, data, out_dir, profile.guide, seed, resume, loop_options(profile, options))

@@ -1,8 +1,8 @@
 """The one training loop every stage uses.
 
 A stage (see :class:`Stage`) owns its modules and computes its losses; the loop owns everything
-else: SGD (momentum 0.9, weight decay 1e-4) per optimiser group, linear warm-up then step decay
-(:func:`warmup_multistep`), gradient clipping, AMP on CUDA only, the data order
+else: SGD (momentum 0.9, weight decay 1e-4, none on normalisation layers) per optimiser group, linear warm-up
+then step decay (:func:`warmup_multistep`), gradient clipping, AMP on CUDA only, the data order
 (:class:`InfiniteBatchSampler`), non-finite loss detection, ``tqdm`` progress, the JSON-lines
 metrics log, periodic and final checkpoints, bit-identical resume and ``torchrun`` processes.
 
@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from ..data.coco import collate_train
 from ..filelock import file_lock
 from ..profiles import Schedule
 from .checkpoint import (
@@ -54,7 +55,8 @@ __all__ = [
     "StageResult",
     "StepContext",
     "InfiniteBatchSampler",
-    "collate_detection",
+    "decay_groups",
+    "norm_parameter_ids",
     "seed_everything",
     "summarize_metrics",
     "train_loop",
@@ -291,10 +293,28 @@ class InfiniteBatchSampler(Sampler[list[int]]):
             epoch, offset = epoch + 1, 0
 
 
-def collate_detection(batch: list[tuple]) -> tuple[list, list]:
-    """``[(image, target), ...]`` -> ``([images], [targets])`` (detectors take lists)."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
+# Layers whose weight and bias get no weight decay (detectron2's WEIGHT_DECAY_NORM = 0, which the authors used).
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def norm_parameter_ids(modules) -> set[int]:
+    """``id`` of every parameter that belongs to a normalisation layer of ``modules``."""
+    return {
+        id(p)
+        for module in modules
+        for layer in module.modules()
+        if isinstance(layer, NORM_LAYERS)
+        for p in layer.parameters(recurse=False)
+    }
+
+
+def decay_groups(params: list[nn.Parameter], norm_ids: set[int]) -> list[dict]:
+    """SGD parameter groups: weight decay 1e-4, and 0 for normalisation parameters (empty groups left out)."""
+    groups = [
+        {"params": [p for p in params if id(p) not in norm_ids], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for p in params if id(p) in norm_ids], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]] or [{"params": [], "weight_decay": WEIGHT_DECAY}]
 
 
 def seed_everything(seed: int) -> None:
@@ -354,8 +374,9 @@ class _Run:
 
     def build_optim(self) -> None:
         groups = self.stage.param_groups()
+        norms = norm_parameter_ids(self.stage.modules.values())
         self.optimizers = {
-            k: torch.optim.SGD(p, lr=self.schedule.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+            k: torch.optim.SGD(decay_groups(p, norms), lr=self.schedule.lr, momentum=MOMENTUM)
             for k, p in groups.items()
         }
         self.schedulers = {k: warmup_multistep(o, self.schedule) for k, o in self.optimizers.items()}
@@ -431,7 +452,7 @@ class _Run:
             dataset,
             batch_sampler=sampler,
             num_workers=workers,
-            collate_fn=collate_detection,
+            collate_fn=collate_train,
             generator=torch.Generator().manual_seed(self.seed + start),
             pin_memory=self.env.device.type == "cuda",
         )

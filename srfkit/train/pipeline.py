@@ -35,20 +35,23 @@ def run_pipeline(
     target_arch: str | None = None,
     reuse: str = "G",
     adversarial_grad: bool = True,
+    weights_backbone: str | Path | None = None,
     **options,
 ) -> dict[str, StageResult]:
     """Run guide, srf-gan, extractor and target into ``out_root/<stage>``.
 
     A stage whose ``final.pt`` exists (with the same settings) is skipped, so several chapters can
     share one run folder. Options: ``arch`` (guide and extractor family), ``target_arch``,
-    ``reuse`` (``G``/``M``/``none`` for the target), ``adversarial_grad`` (stages 1-2), and
+    ``reuse`` (``G``/``M``/``none`` for the target), ``adversarial_grad`` (stages 1-2),
+    ``weights_backbone`` (a local ResNet state dict for every detector built fresh), and
     :class:`~srfkit.train.loop.LoopOptions` fields applied to every stage.
     """
     profile = get_profile(profile)
     data = resolve_dataset(dataset, profile, options.get("device"))
     dirs = stage_dirs(out_root)
     common = dict(seed=seed, resume=resume, **options)
-    results = {"guide": train_guide(profile, data, dirs["guide"], arch=arch, **common)}
+    weights = dict(weights_backbone=weights_backbone)
+    results = {"guide": train_guide(profile, data, dirs["guide"], arch=arch, **weights, **common)}
     results["srf-gan"] = train_srf_gan(
         profile, data, dirs["srf-gan"], guide_dir=dirs["guide"], adversarial_grad=adversarial_grad, **common
     )
@@ -60,6 +63,7 @@ def run_pipeline(
         srf_gan_dir=dirs["srf-gan"],
         arch=arch,
         adversarial_grad=adversarial_grad,
+        **weights,
         **common,
     )
     results["target"] = train_target(

@@ -9,7 +9,8 @@ For a batch of images I (resized as the detector would, padded to a multiple of 
 2. G's update: ``l1_weight * L1 + adv_weight * adversarial``, L1 a per-level mean of |G(x) - y|
    (G's output cropped to the target's size), adversarial the BCE of D(G(x)) against "real", both
    summed over the levels as in Eq. (2). With ``adversarial_grad=False`` D sees a detached G(x):
-   the authors' released training code does this, so G then learns from L1 only.
+   the authors' training code does this (published in their AFI-GAN repository; the SRF-GAN
+   repository holds evaluation code only), so G then learns from L1 only.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..detection import FeatureExtractor
 from ..profiles import Profile, get_profile
 from .common import (
     ADV_WEIGHT,
+    PAD_DIVISOR,
     SRF_LEVELS,
     LevelMap,
     build_discriminator,
@@ -35,7 +37,6 @@ from .common import (
     frozen,
     generator_spec,
     load_feature_extractor,
-    pad_batch,
     pyramid_keys,
     read_stage,
     resize_to_profile,
@@ -56,7 +57,7 @@ class SRFGANStage(Stage):
         discriminator: D; ``extractor``: F (frozen here).
         profile: sizes; ``dataset``: for the config.
         l1_weight, adv_weight: weights of the L1 and adversarial terms in G's loss (1 and 1e-3).
-        adversarial_grad: let the adversarial term's gradient reach G (False: the authors' code).
+        adversarial_grad: let the adversarial term's gradient reach G (False: the authors' AFI-GAN training code).
         degrade_mode: interpolation that makes I_lr (Table 6: bilinear, nearest or bicubic).
     """
 
@@ -108,10 +109,17 @@ class SRFGANStage(Stage):
 
     @torch.no_grad()
     def features(self, images: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(F(I_lr)_i, F(I)_i) over the levels, for a list of (3, H, W) images."""
-        hr = pad_batch([resize_to_profile(img, None, self.profile)[0] for img in images])
-        lr, _ = degrade(hr, None, 0.5, self.degrade_mode)
-        feats_hr, feats_lr = self.extractor(hr), self.extractor(lr)
+        """(F(I_lr)_i, F(I)_i) over the levels, for a list of (3, H, W) images.
+
+        Each image is resized as the detector would, and degraded on its own; F normalises and then
+        zero-pads (as the detector's transform does) I to a multiple of 64 and I_lr to exactly half
+        that size, so that every level of F(I_lr) is half the size of F(I)'s.
+        """
+        hr = [resize_to_profile(img, None, self.profile)[0] for img in images]
+        lr = [degrade(img, None, 0.5, self.degrade_mode)[0] for img in hr]
+        hr_batch = self.extractor.normalize(hr, size_divisible=PAD_DIVISOR)
+        lr_batch = self.extractor.normalize(lr, size=(hr_batch.shape[-2] // 2, hr_batch.shape[-1] // 2))
+        feats_hr, feats_lr = self.extractor.backbone(hr_batch), self.extractor.backbone(lr_batch)
         return [feats_lr[k] for k in self.keys], [feats_hr[k] for k in self.keys]
 
     def step(self, batch, ctx) -> None:
@@ -151,7 +159,8 @@ def train_srf_gan(
         guide_dir: a finished guide stage (its backbone + FPN is F, frozen).
         variant, num_blocks: generator form (``paper``, ``released``, ``light``, ``depthwise``).
         l1_weight, adv_weight: weights of L1 and of the adversarial term (lambda = 1e-3).
-        adversarial_grad: False reproduces the authors' code (adversarial term detached from G).
+        adversarial_grad: False reproduces the authors' training code (AFI-GAN repository): the adversarial
+            term detached from G.
         degrade_mode: interpolation of the degradation function (Table 6).
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """

@@ -1,0 +1,133 @@
+"""COCO AP of a finished stage folder, cached beside it under a key of everything that sets the numbers.
+
+``python -m srfkit evaluate --stage DIR`` and the experiment runner both call :func:`evaluate_stage`.
+The cache ``DIR/eval.json`` holds one entry per evaluation key: the split, the dataset and its build
+record (``BUILD.json``: builder version, seed, settings), whether the detector was reset to the
+profile's full resolution, the image cap, and the SHA-1 of the stage's ``final.pt``. A changed key
+(a retrained stage, a rebuilt dataset, another split) evaluates again; an unchanged one is read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..profiles import Profile
+from .checkpoint import FINAL_NAME
+from .common import load_detector, load_profile, read_stage
+
+__all__ = ["EVAL_CACHE", "evaluate_stage", "evaluation_key", "file_sha1"]
+
+EVAL_CACHE = "eval.json"
+
+
+def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-1 of a file's bytes (hex)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def evaluation_key(
+    stage_dir: Path, dataset: str, split: str, full_resolution: bool, eval_images: int, profile: Profile
+) -> dict:
+    """Everything that changes a stage's AP (see the module doc); plain JSON values."""
+    from ..data import dataset_dir
+
+    build = dataset_dir(dataset, profile) / "BUILD.json"
+    record = json.loads(build.read_text()) if build.is_file() else None
+    if record is not None:
+        record.pop("summary", None)
+    return {
+        "dataset": dataset,
+        "split": split,
+        "dataset_build": record,
+        "full_resolution": bool(full_resolution),
+        "eval_images": int(eval_images),
+        "checkpoint_sha1": file_sha1(stage_dir / FINAL_NAME),
+    }
+
+
+def evaluate_stage(
+    stage_dir: str | Path,
+    dataset: str | None = None,
+    split: str = "val",
+    full_resolution: bool = False,
+    eval_images: int | None = None,
+    progress: bool = True,
+    cache: bool = True,
+) -> dict:
+    """COCO AP (box, and mask where the model has masks) of a finished stage's detector.
+
+    Args:
+        stage_dir: a finished guide, extractor or target folder (one holding ``final.pt``).
+        dataset: shipped dataset name (default: the one the stage trained on).
+        split: ``val`` (default) or ``train``.
+        full_resolution: reset the detector's resize to the stage profile's full size (the extractor
+            M trains on half-size images; Table 4's A3 evaluates it on full-size ones).
+        eval_images: cap on images (default: the profile's ``eval_images``; 0 = all).
+        progress: show a progress bar.
+        cache: read and write ``stage_dir/eval.json`` (keyed; see the module doc).
+
+    Returns:
+        ``{"bbox": {...}, "segm": {...}}`` as :func:`srfkit.eval.coco_evaluate` gives.
+
+    Raises:
+        FileNotFoundError: the folder is missing or its stage is unfinished (the message names it).
+        ValueError: the folder's stage has no detector (a srf-gan stage), or it is not an srfkit stage.
+    """
+    from ..data import load
+    from ..eval import coco_evaluate
+
+    stage_dir = Path(stage_dir)
+    payload = read_stage(stage_dir)
+    if not stage_dir.is_dir():
+        raise ValueError(f"{stage_dir}: evaluate takes a stage folder, not a checkpoint file")
+    profile = load_profile(payload)
+    dataset = dataset or payload["config"].get("dataset", {}).get("name")
+    if not dataset:
+        raise ValueError(f"{stage_dir}: its config names no dataset; pass one (--dataset)")
+    eval_images = profile.eval_images if eval_images is None else eval_images
+    key = evaluation_key(stage_dir, dataset, split, full_resolution, eval_images, profile)
+    cache_file = stage_dir / EVAL_CACHE
+    entries = _read_cache(cache_file) if cache else []
+    for entry in entries:
+        if entry.get("key") == key:
+            return entry["metrics"]
+    model = load_detector(payload)
+    if full_resolution:
+        model.transform.min_size = (profile.image_size,)
+        model.transform.max_size = profile.max_size
+    val = load(dataset, split=split, profile=profile)
+    metrics = coco_evaluate(model, val, max_images=eval_images or None, progress=progress)
+    if cache:
+        from ..fileio import write_json
+
+        entries = [e for e in _read_cache(cache_file) if e.get("key") != key] + [{"key": key, "metrics": metrics}]
+        write_json(cache_file, {"format": "srfkit-eval-2", "entries": entries})
+    return metrics
+
+
+def _read_cache(path: Path) -> list[dict]:
+    """Entries of an eval cache; an old-format or unreadable file counts as empty (re-evaluated)."""
+    if not path.is_file():
+        return []
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(document, dict) or document.get("format") != "srfkit-eval-2":
+        return []
+    return [e for e in document.get("entries", []) if isinstance(e, dict) and "key" in e and "metrics" in e]
+
+
+def format_metrics(metrics: dict) -> str:
+    """A small text table: one row per IoU type (bbox, segm), one column per metric."""
+    names = list(next(iter(metrics.values())))
+    lines = [f"{'':<6}" + "".join(f"{n:>8}" for n in names)]
+    for iou, values in metrics.items():
+        lines.append(f"{iou:<6}" + "".join(f"{values[n]:>8.2f}" for n in names))
+    return "\n".join(lines)
