@@ -286,9 +286,9 @@ def test_norm_parameters_get_no_weight_decay():
 
 def test_training_optimiser_exempts_norm_layers(run):
     """The loop's SGD groups: the guide's GroupNorm parameters get weight decay 0."""
+    from srfkit.train.distributed import init_distributed
     from srfkit.train.guide import DetectorStage
     from srfkit.train.loop import LoopOptions, _Run
-    from srfkit.train.distributed import init_distributed
 
     detector = load_detector(run["guide"].out_dir)
     spec = read_stage(run["guide"].out_dir)["config"]["detector"]
