@@ -6,11 +6,16 @@ import torch
 from srfkit.models import (
     GENERATOR_VARIANTS,
     FeaturePatchDiscriminator,
+    Interpolation,
     SRFGenerator,
     fit_to_size,
+    learned_output_size,
     make_upsampler,
     upsampler_names,
 )
+from srfkit.train.common import build_discriminator
+
+FIXED = ("nearest", "bilinear", "bicubic")
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -18,7 +23,9 @@ def n_params(module: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("variant", GENERATOR_VARIANTS)
-@pytest.mark.parametrize(("h", "w", "size"), [(8, 8, None), (7, 9, None), (7, 9, (13, 17)), (4, 5, (9, 11))])
+@pytest.mark.parametrize(
+    ("h", "w", "size"), [(8, 8, None), (7, 9, None), (7, 9, (13, 17)), (5, 6, (9, 11)), (5, 6, (10, 11))]
+)
 def test_generator_shapes(variant, h, w, size):
     torch.manual_seed(0)
     g = SRFGenerator(32, variant=variant).eval()
@@ -34,8 +41,8 @@ def test_generator_parameter_count_at_256():
         print(f"SRFGenerator(256, variant={variant!r}): {count:,} parameters ({count / 1e6:.2f}M)")
     # The paper's form: 3x3 conv, 5 residual blocks, conv, 4x4 deconv, 1x1 conv (about 8.2M).
     assert 8.1e6 < counts["paper"] < 8.3e6
-    # The authors' released RRDB form (about 7.8M in facts.md).
-    assert 7.7e6 < counts["released"] < 7.9e6
+    # The authors' released module, exactly (bias-free dense-block convs).
+    assert counts["released"] == 7_834_624
     assert counts["light"] < counts["depthwise"] < counts["paper"]
 
 
@@ -70,7 +77,29 @@ def test_discriminator_logits_shape():
     d = FeaturePatchDiscriminator(32, widths=(16, 32, 32))
     logits = d(torch.randn(3, 32, 10, 7))
     assert logits.shape == (3, 1, 10, 7)
-    assert n_params(FeaturePatchDiscriminator(256)) > 10_000_000  # 512/1024/1024 3x3 blocks
+
+
+@pytest.mark.parametrize(("head", "kernel", "count"), [("paper", 1, 15_344_129), ("authors", 3, 15_352_321)])
+def test_discriminator_heads(head, kernel, count):
+    """The paper's 1x1 output conv (default) and the authors' 3x3 one, at the paper's widths and C=256."""
+    d = FeaturePatchDiscriminator(256, head=head)
+    assert d.classifier.kernel_size == (kernel, kernel)
+    assert n_params(d) == count
+    small = FeaturePatchDiscriminator(8, widths=(8, 8, 8), head=head)
+    assert small(torch.randn(2, 8, 5, 6)).shape == (2, 1, 5, 6)
+
+
+def test_discriminator_default_head_and_unknown_head():
+    assert FeaturePatchDiscriminator(8, widths=(8, 8, 8)).head == "paper"
+    with pytest.raises(ValueError, match="valid: paper, authors"):
+        FeaturePatchDiscriminator(8, head="patchgan")
+
+
+def test_discriminator_spec_head_round_trip():
+    """Old configs (no ``head``) rebuild the paper's D; a stored ``head`` is honoured."""
+    old = {"channels": 8, "widths": [8, 16, 16]}
+    assert build_discriminator(old).classifier.kernel_size == (1, 1)
+    assert build_discriminator({**old, "head": "authors"}).classifier.kernel_size == (3, 3)
 
 
 @pytest.mark.parametrize("name", upsampler_names())
@@ -102,3 +131,40 @@ def test_fit_to_size_crops_and_pads():
     assert padded.shape == (1, 1, 5, 6)
     assert torch.equal(padded[..., :4, :4], x)
     assert torch.equal(padded[..., 4, :4], x[..., 3, :])  # replicated border
+
+
+LEARNED = [n for n in upsampler_names() if n not in FIXED]
+
+
+@pytest.mark.parametrize("name", LEARNED)
+@pytest.mark.parametrize("size", [(13, 16), (12, 17), (10, 16), (12, 14), (24, 32), (6, 8)])
+def test_learned_upsamplers_refuse_sizes_that_are_not_x2(name, size):
+    """Only (2H or 2H - 1) x (2W or 2W - 1) is allowed; the message names both sizes."""
+    up = make_upsampler(name, 16).eval()
+    with pytest.raises(ValueError, match=rf"6x8 map to {size[0]}x{size[1]}"):
+        up(torch.randn(1, 16, 6, 8), size=size)
+
+
+@pytest.mark.parametrize("variant", GENERATOR_VARIANTS)
+def test_every_generator_variant_refuses_a_non_x2_size(variant):
+    g = SRFGenerator(16, variant=variant).eval()
+    with pytest.raises(ValueError, match=r"SRFGenerator.*5x6 map to 12x12"):
+        g(torch.randn(1, 16, 5, 6), size=(12, 12))
+
+
+@pytest.mark.parametrize("name", FIXED)
+def test_fixed_interpolations_accept_any_size(name):
+    up = make_upsampler(name, 4)
+    assert isinstance(up, Interpolation)
+    assert up(torch.randn(1, 4, 6, 8), size=(13, 30)).shape == (1, 4, 13, 30)
+
+
+def test_learned_output_size():
+    x = torch.zeros(1, 1, 5, 7)
+    assert learned_output_size(x, None) == (10, 14)
+    assert learned_output_size(x, (9, 13)) == (9, 13)
+    assert learned_output_size(x, torch.Size([10, 13])) == (10, 13)
+    assert learned_output_size(x, None, scale=4) == (20, 28)
+    assert learned_output_size(x, (17, 26), scale=4) == (17, 26)  # ceil(17 / 4) = 5, ceil(26 / 4) = 7
+    with pytest.raises(ValueError, match=r"Mine: cannot upsample a 5x7 map to 11x14"):
+        learned_output_size(x, (11, 14), name="Mine")

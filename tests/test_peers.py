@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import srfkit.models.peers  # noqa: F401  (registers the peers)
-from srfkit.models import SRFFeaturePyramidNetwork, make_upsampler, upsampler_names
+from srfkit.models import PerStepUpsampler, SRFFeaturePyramidNetwork, make_upsampler, upsampler_names
 from srfkit.models.peers import CARAFE, DySample
 
 PEERS = ("dysample", "dysample_dynamic", "carafe")
@@ -21,7 +21,7 @@ def test_peers_are_registered():
 
 @pytest.mark.parametrize("name", PEERS)
 @pytest.mark.parametrize(
-    ("h", "w", "size"), [(8, 8, None), (7, 9, None), (7, 9, (13, 17)), (4, 5, (9, 11)), (3, 3, (7, 6))]
+    ("h", "w", "size"), [(8, 8, None), (7, 9, None), (7, 9, (13, 17)), (5, 6, (9, 11)), (3, 3, (5, 6))]
 )
 def test_peer_shapes(name, h, w, size):
     torch.manual_seed(0)
@@ -59,6 +59,36 @@ def test_parameter_counts():
     # CARAFE: 1x1 C -> 64, 3x3 64 -> 5^2 * 2^2 = 100; three of them (one per FPN step) are about 0.22M.
     assert counts["carafe", 256] == (256 * 64 + 64) + (64 * 9 * 100 + 100) == 74148
     assert 0.2e6 < 3 * counts["carafe", 256] < 0.24e6
+    # The published DySample figures (+32.7K, +65.5K) are 4 and 8 times the 1x1 weights without biases.
+    assert (4 * 256 * 32, 8 * 256 * 32) == (32_768, 65_536)
+    assert 3 * counts["dysample", 256] == 24_672 and 4 * counts["dysample", 256] == 32_896
+
+
+@pytest.mark.parametrize(("name", "size"), [("dysample", (9, 11)), ("carafe", (9, 11)), ("dysample", (6, 10))])
+def test_peers_refuse_a_size_that_is_not_x2(name, size):
+    """Padding a 4x5 map's 8x10 output to 9x11 (or cropping it to 6) used to pass silently."""
+    up = make_upsampler(name, 8)
+    with pytest.raises(ValueError, match=rf"cannot upsample a 4x5 map to {size[0]}x{size[1]}"):
+        up(torch.randn(1, 8, 4, 5), size=size)
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_reset_parameters_is_the_initialisation(name):
+    torch.manual_seed(0)
+    up = make_upsampler(name, 64)
+    for p in up.parameters():
+        torch.nn.init.constant_(p, 0.5)
+    up.reset_parameters()
+    if isinstance(up, DySample):
+        assert up.offset.weight.std().item() == pytest.approx(0.001, rel=0.2)
+        assert not up.offset.bias.any()
+        if up.scope is not None:
+            assert not up.scope.weight.any() and not up.scope.bias.any()
+    else:
+        assert up.encoder.weight.std().item() == pytest.approx(0.001, rel=0.2)
+        assert not up.encoder.bias.any() and not up.compressor.bias.any()
+        bound = (6 / (64 + 64)) ** 0.5  # Xavier-uniform, 1x1 conv 64 -> 64
+        assert up.compressor.weight.abs().max() <= bound and up.compressor.weight.std() > bound / 3
 
 
 def test_dysample_initial_offsets_are_small():
@@ -195,6 +225,7 @@ def test_peers_in_fpn_with_odd_laterals(name):
     feats = {"a": torch.randn(1, 8, 25, 19), "b": torch.randn(1, 16, 13, 10), "c": torch.randn(1, 32, 7, 5)}
     out = fpn(feats)
     assert [tuple(v.shape[-2:]) for v in out.values()] == [(25, 19), (13, 10), (7, 5)]
-    # The upsampler's parameters are the only keys a plain FPN state dict lacks.
+    # One module per top-down step, all under ``upsampler``: the only keys a plain FPN state dict lacks.
+    assert isinstance(fpn.upsampler, PerStepUpsampler) and len(fpn.upsampler) == 2
     extra = [k for k in fpn.state_dict() if not k.startswith(("inner_blocks.", "layer_blocks."))]
-    assert extra and all(k.startswith("upsampler.") for k in extra)
+    assert extra and all(k.startswith(("upsampler.steps.0.", "upsampler.steps.1.")) for k in extra)

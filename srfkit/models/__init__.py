@@ -1,29 +1,42 @@
 """Models: the SRF generator, the feature-patch discriminator, upsamplers and the SRF FPN."""
 
 from . import peers  # noqa: F401  (registers dysample, dysample_dynamic, carafe)
-from .discriminator import FeaturePatchDiscriminator
-from .fpn import SRFFeaturePyramidNetwork
-from .generator import GENERATOR_VARIANTS, SRFGenerator
+from .discriminator import DISCRIMINATOR_HEADS, FeaturePatchDiscriminator
+from .fpn import PerStepUpsampler, SRFFeaturePyramidNetwork
+from .generator import (
+    AUTHORS_PREFIX,
+    GENERATOR_VARIANTS,
+    SRFGenerator,
+    authors_state_dict,
+    load_authors_generator,
+)
 from .peers import CARAFE, DySample
 from .upsamplers import (
     UPSAMPLERS,
     Interpolation,
     fit_to_size,
+    learned_output_size,
     make_upsampler,
     register_upsampler,
     upsampler_names,
 )
 
 __all__ = [
+    "AUTHORS_PREFIX",
     "CARAFE",
+    "DISCRIMINATOR_HEADS",
     "DySample",
     "FeaturePatchDiscriminator",
     "GENERATOR_VARIANTS",
     "Interpolation",
+    "PerStepUpsampler",
     "SRFFeaturePyramidNetwork",
     "SRFGenerator",
     "UPSAMPLERS",
+    "authors_state_dict",
     "fit_to_size",
+    "learned_output_size",
+    "load_authors_generator",
     "make_upsampler",
     "register_upsampler",
     "upsampler_names",

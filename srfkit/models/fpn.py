@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork
 
 from .upsamplers import make_upsampler
 
-__all__ = ["SRFFeaturePyramidNetwork"]
+__all__ = ["PerStepUpsampler", "SRFFeaturePyramidNetwork"]
+
+
+class PerStepUpsampler(nn.Module):
+    """One upsampler per FPN top-down step, behind one module (so ``fpn.upsampler`` holds them all).
+
+    ``forward(x, size=None, *, step)``: ``steps[step](x, size=size)``, (N, C, H, W) -> (N, C, *size).
+    Step ``i`` makes FPN level ``i`` (finest first) from level ``i + 1``; state-dict keys are
+    ``steps.{i}.<the module's own keys>``.
+
+    Args:
+        modules: the upsamplers, one per step, finest first.
+    """
+
+    def __init__(self, modules: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(modules)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, step: int) -> nn.Module:
+        return self.steps[step]
+
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None, *, step: int) -> Tensor:
+        """(N, C, H, W) -> (N, C, *size) with the module of top-down step ``step``."""
+        return self.steps[step](x, size=size)
 
 
 class SRFFeaturePyramidNetwork(FeaturePyramidNetwork):
@@ -19,9 +46,15 @@ class SRFFeaturePyramidNetwork(FeaturePyramidNetwork):
     Identical to :class:`torchvision.ops.FeaturePyramidNetwork` (same ``inner_blocks`` and
     ``layer_blocks`` parameter names, same initialisation) except that
     ``F.interpolate(last_inner, size=lateral_size, mode="nearest")`` becomes
-    ``self.upsampler(last_inner, size=lateral_size)``. One upsampler instance serves every
-    top-down step, as in the paper. A plain FPN's state dict loads with ``strict=False`` and only
-    the upsampler's keys reported missing (none at all for the fixed interpolations).
+    ``self.upsampler(last_inner, size=lateral_size)``. A plain FPN's state dict loads with
+    ``strict=False`` and only the upsampler's keys reported missing (none at all for the fixed
+    interpolations).
+
+    ``self.upsampler`` always holds every upsampler parameter of the FPN (to freeze, count or load
+    them). Shared, it is the one module that serves every top-down step, as the paper and the
+    authors' code do with G (keys ``upsampler.*``). Per step, it is a :class:`PerStepUpsampler` with
+    one module per step, as the published DySample and CARAFE necks have (keys
+    ``upsampler.steps.{i}.*``, ``i`` the level the step makes, finest first).
 
     Args:
         in_channels_list: channels of each backbone level, finest first.
@@ -30,6 +63,12 @@ class SRFFeaturePyramidNetwork(FeaturePyramidNetwork):
         extra_blocks: as in torchvision (e.g. ``LastLevelMaxPool`` for P6).
         norm_layer: as in torchvision.
         upsampler_kwargs: options passed to the registry constructor.
+        share_upsampler: ``True``: one module for all steps. ``False``: one per step; by name each is
+            built (and initialised) separately, while a module given is used for step 0 and
+            deep-copied for the others, each copy re-initialised with its ``reset_parameters()`` when
+            it has one. ``None`` (default): per step for upsamplers that declare
+            ``one_per_fpn_step = True`` (``dysample``, ``dysample_dynamic``, ``carafe``), shared for the
+            rest (the ``srf`` generators and the fixed interpolations).
 
     Input: ``OrderedDict`` of (N, C_l, H_l, W_l), finest first. Output: ``OrderedDict`` of
     (N, C, H_l, W_l) with the same keys (plus those the extra block adds).
@@ -43,19 +82,46 @@ class SRFFeaturePyramidNetwork(FeaturePyramidNetwork):
         extra_blocks: ExtraFPNBlock | None = None,
         norm_layer: Callable[..., nn.Module] | None = None,
         upsampler_kwargs: dict | None = None,
+        share_upsampler: bool | None = None,
     ) -> None:
         super().__init__(in_channels_list, out_channels, extra_blocks=extra_blocks, norm_layer=norm_layer)
-        self.upsampler = make_upsampler(upsampler, out_channels, **(upsampler_kwargs or {}))
+        kwargs = upsampler_kwargs or {}
+        first = make_upsampler(upsampler, out_channels, **kwargs)
+        if share_upsampler is None:
+            share_upsampler = not getattr(first, "one_per_fpn_step", False)
+        if share_upsampler:
+            self.upsampler = first
+            return
+        modules = [first]
+        for _ in range(len(in_channels_list) - 2):
+            if isinstance(upsampler, nn.Module):
+                module = copy.deepcopy(first)
+                if callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+            else:
+                module = make_upsampler(upsampler, out_channels, **kwargs)
+            modules.append(module)
+        self.upsampler = PerStepUpsampler(modules)
+
+    @property
+    def shares_upsampler(self) -> bool:
+        """Whether one upsampler module serves every top-down step."""
+        return not isinstance(self.upsampler, PerStepUpsampler)
 
     def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
         names = list(x.keys())
         feats = list(x.values())
+        per_step = isinstance(self.upsampler, PerStepUpsampler)
 
         last_inner = self.get_result_from_inner_blocks(feats[-1], -1)
         results = [self.get_result_from_layer_blocks(last_inner, -1)]
         for idx in range(len(feats) - 2, -1, -1):
             inner_lateral = self.get_result_from_inner_blocks(feats[idx], idx)
-            inner_top_down = self.upsampler(last_inner, size=inner_lateral.shape[-2:])
+            size = inner_lateral.shape[-2:]
+            if per_step:
+                inner_top_down = self.upsampler(last_inner, size=size, step=idx)
+            else:
+                inner_top_down = self.upsampler(last_inner, size=size)
             last_inner = inner_lateral + inner_top_down
             results.insert(0, self.get_result_from_layer_blocks(last_inner, idx))
 

@@ -1,7 +1,8 @@
 """Learned upsampler peers of SRF: DySample and CARAFE, in plain PyTorch, behind the same registry.
 
-Both make a x2 map from the low-resolution map alone and are cropped or replicate-padded to the
-requested ``size`` with :func:`~srfkit.models.upsamplers.fit_to_size` (odd FPN laterals).
+Both make a x2 map from the low-resolution map alone and crop it to the requested ``size``, which
+must be ``(2H, 2W)`` or one pixel less per dimension (odd FPN laterals); any other size is a
+``ValueError`` (:func:`~srfkit.models.upsamplers.learned_output_size`).
 
 * ``dysample`` -- DySample, "lp" style (Liu et al., ICCV 2023): a 1x1 conv predicts, per group of
   channels and per sub-pixel of the x2 grid, an (x, y) offset in low-resolution pixels; scaled by a
@@ -17,10 +18,22 @@ requested ``size`` with :func:`~srfkit.models.upsamplers.fit_to_size` (odd FPN l
   multiply-adds, which gives the same sum about 20x faster on CPU). Uniform kernels give a 5x5 box
   filter then nearest x2.
 
-Parameters at C=256, one module (the SRF FPN shares one instance across its top-down steps):
-``dysample`` 8,224; ``dysample_dynamic`` 16,448; ``carafe`` 74,148. The published detector figures
-(+32.7K, +65.5K, +0.22M) count several modules: 3 x 74,148 = 0.22M for CARAFE's three top-down steps,
-and 32.7K is about 4 x 8,224 for DySample.
+Parameters, counted (``tests/test_peers.py``). One module at C=256: ``dysample`` 8,224 (1x1 conv,
+256 x 32 weights + 32 biases); ``dysample_dynamic`` 16,448 (a second such conv, the scope; here it
+has a bias, as in one revision of the reference code; another revision drops it, giving 16,416);
+``carafe`` 74,148 (1x1 compressor 16,448 + 3x3 encoder 57,700). At C=64: 2,080, 4,160 and 61,860.
+
+As in their published necks, the SRF FPN gives each top-down step its own module (both declare
+``one_per_fpn_step = True``; see :class:`~srfkit.models.fpn.SRFFeaturePyramidNetwork`). Per FPN at
+C=256: the P2-P5 FPN of the two-stage detectors has 3 steps, so ``dysample`` 24,672,
+``dysample_dynamic`` 49,344 and ``carafe`` 222,444; the P3-P5 FPN of the one-stage ones has 2 steps
+(16,448, 32,896 and 148,296). The published Faster R-CNN figures, checked against these counts:
+CARAFE's +0.22M is 3 x 74,148 = 222,444. DySample's +32.7K and DySample+'s +65.5K do not come out
+of 3 modules (24,672; 49,248 to 49,344) nor of 4 with their biases (32,896; 65,664 to 65,792); they
+equal 4 x 8,192 = 32,768 and 8 x 8,192 = 65,536 exactly, the 1x1 weights of four modules without
+biases (four would be mmdetection's ``FPN_CARAFE`` layout with five outputs, whose extra P6 level
+has a top-down step of its own, but that layout would make CARAFE's figure 4 x 74,148 = 0.30M, not
+0.22M). That reading is ours: we found no statement of how the DySample paper counted.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .upsamplers import fit_to_size, register_upsampler, target_size
+from .upsamplers import fit_to_size, learned_output_size, register_upsampler
 
 __all__ = ["DySample", "CARAFE"]
 
@@ -48,6 +61,8 @@ class DySample(nn.Module):
         init_std: standard deviation of the offset conv's initial weights (bias 0).
     """
 
+    one_per_fpn_step = True  # the FPN builds one per top-down step by default, as DySample's neck does
+
     def __init__(
         self,
         channels: int,
@@ -64,16 +79,20 @@ class DySample(nn.Module):
         self.channels = channels
         self.scale = scale
         self.groups = groups
+        self.init_std = init_std
         out = 2 * groups * scale * scale  # (x, y) per group per sub-pixel
         self.offset = nn.Conv2d(channels, out, 1)
-        nn.init.normal_(self.offset.weight, std=init_std)
+        self.scope: nn.Conv2d | None = nn.Conv2d(channels, out, 1) if dynamic_scope else None
+        self.register_buffer("init_pos", self._initial_positions(scale, groups), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The initialisation: offset weights N(0, ``init_std``), scope weights 0, biases 0."""
+        nn.init.normal_(self.offset.weight, std=self.init_std)
         nn.init.zeros_(self.offset.bias)
-        self.scope: nn.Conv2d | None = None
-        if dynamic_scope:
-            self.scope = nn.Conv2d(channels, out, 1)
+        if self.scope is not None:
             nn.init.zeros_(self.scope.weight)
             nn.init.zeros_(self.scope.bias)
-        self.register_buffer("init_pos", self._initial_positions(scale, groups), persistent=False)
 
     @staticmethod
     def _initial_positions(scale: int, groups: int) -> Tensor:
@@ -120,9 +139,7 @@ class DySample(nn.Module):
         """(N, C, H, W) -> (N, C, *size), ``size`` defaulting to (sH, sW)."""
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"DySample expects (N, {self.channels}, H, W), got {tuple(x.shape)}")
-        if size is None:
-            size = (self.scale * x.shape[-2], self.scale * x.shape[-1])
-        size = target_size(x, size)
+        size = learned_output_size(x, size, self.scale, "DySample")
         return fit_to_size(self.sample(x, self.offsets(x)), size)
 
     def extra_repr(self) -> str:
@@ -149,6 +166,8 @@ class CARAFE(nn.Module):
             C=256, 64x64).
     """
 
+    one_per_fpn_step = True  # the FPN builds one per top-down step by default, as CARAFE's neck does
+
     def __init__(
         self,
         channels: int,
@@ -170,11 +189,16 @@ class CARAFE(nn.Module):
         self.scale = scale
         self.k_up = k_up
         self.impl = impl
+        self.init_std = init_std
         self.compressor = nn.Conv2d(channels, compressed_channels, 1)
         self.encoder = nn.Conv2d(compressed_channels, k_up * k_up * scale * scale, k_enc, padding=k_enc // 2)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The initialisation: compressor Xavier-uniform, encoder N(0, ``init_std``), biases 0."""
         nn.init.xavier_uniform_(self.compressor.weight)
         nn.init.zeros_(self.compressor.bias)
-        nn.init.normal_(self.encoder.weight, std=init_std)
+        nn.init.normal_(self.encoder.weight, std=self.init_std)
         nn.init.zeros_(self.encoder.bias)
 
     def kernels(self, x: Tensor) -> Tensor:
@@ -211,9 +235,7 @@ class CARAFE(nn.Module):
         """(N, C, H, W) -> (N, C, *size), ``size`` defaulting to (sH, sW)."""
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"CARAFE expects (N, {self.channels}, H, W), got {tuple(x.shape)}")
-        if size is None:
-            size = (self.scale * x.shape[-2], self.scale * x.shape[-1])
-        size = target_size(x, size)
+        size = learned_output_size(x, size, self.scale, "CARAFE")
         return fit_to_size(self.reassemble(x, self.kernels(x)), size)
 
     def extra_repr(self) -> str:

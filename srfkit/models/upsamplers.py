@@ -5,6 +5,11 @@ Every upsampler is an ``nn.Module`` whose ``forward(x, size=None)`` maps ``(N, C
 it with the lateral's spatial size, which inside a detector is exactly ``(2H, 2W)`` and outside
 one may be one pixel less (odd lateral sizes).
 
+Learned upsamplers (the SRF generators, DySample, CARAFE) make ``(2H, 2W)`` and only allow that crop:
+:func:`learned_output_size` is the one check they all call, and any other ``size`` is a
+``ValueError`` naming the input and requested sizes. The fixed interpolations accept any size, as
+torchvision's FPN does.
+
 Add an upsampler with ``@register_upsampler("name")`` on a class whose constructor takes
 ``channels`` as its first argument (plus keyword options); callers then reach it through
 :func:`make_upsampler` without any change.
@@ -25,6 +30,7 @@ __all__ = [
     "make_upsampler",
     "upsampler_names",
     "target_size",
+    "learned_output_size",
     "fit_to_size",
 ]
 
@@ -70,11 +76,34 @@ def target_size(x: Tensor, size: tuple[int, int] | torch.Size | None) -> tuple[i
     return int(size[0]), int(size[1])
 
 
+def learned_output_size(
+    x: Tensor, size: tuple[int, int] | torch.Size | None, scale: int = 2, name: str = "upsampler"
+) -> tuple[int, int]:
+    """The output size of a learned x``scale`` upsampler of ``x`` (N, C, H, W), checked.
+
+    ``size`` (or ``(sH, sW)`` when ``None``) must be ``sH`` or down to ``s - 1`` less in each dimension
+    (for s = 2: ``{2H - 1, 2H} x {2W - 1, 2W}``): the one-pixel crop an odd FPN lateral needs, since a
+    stride-2 map of a side-``L`` map has side ``ceil(L / 2)``. Anything else raises ``ValueError``
+    naming both sizes, instead of a silent crop or pad.
+    """
+    h, w = x.shape[-2:]
+    if size is None:
+        return scale * h, scale * w
+    out = int(size[0]), int(size[1])
+    if not all(scale * n - (scale - 1) <= m <= scale * n for n, m in zip((h, w), out)):
+        raise ValueError(
+            f"{name}: cannot upsample a {h}x{w} map to {out[0]}x{out[1]}: a learned x{scale} upsampler makes "
+            f"{scale * h}x{scale * w} and crops at most {scale - 1} pixel(s) per side "
+            f"(rows {scale * h - scale + 1}..{scale * h}, columns {scale * w - scale + 1}..{scale * w})"
+        )
+    return out
+
+
 def fit_to_size(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Crop (bottom/right) or replicate-pad ``x`` (N, C, H, W) to spatial ``size``.
 
-    A learned x2 upsampler makes ``(2h, 2w)``; an odd FPN lateral needs one pixel less
-    (crop), and a caller asking for more gets the border repeated (pad).
+    A general-purpose helper that never raises: learned upsamplers first check ``size`` with
+    :func:`learned_output_size` and then only ever crop with it; losses use it to match maps.
     """
     h, w = size
     x = x[..., :h, :w]
