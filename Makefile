@@ -1,5 +1,7 @@
 # The README's two commands: `make book` (the executed book) and `make test` (every test).
-# Both create the virtual environment from requirements.txt on first use.
+# Both create the virtual environment from requirements.txt on first use, and install detectron2
+# (the second engine) into it: `make d2` builds its wheel from source once per machine (cached under
+# $(D2_CACHE), keyed by source, torch and Python) and installs it with requirements-detectron2.txt.
 #
 #   make book    build the shipped data, execute every chapter (quick profile) into _build/html
 #   make test    unit tests, then every chapter under nbval, then the book, then the browser checks
@@ -29,7 +31,21 @@ export OMP_NUM_THREADS ?= 1
 # Notebook kernels must keep matplotlib's inline backend: never export MPLBACKEND here.
 unexport MPLBACKEND
 
-.PHONY: venv data book notebooks nbval chromium unit browser test lint clean
+# detectron2 from source: the vendored tarball when the shared folder has it, else upstream at the same commit.
+D2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
+D2_TARBALL := $(abspath ../shared/vendor/detectron2-02b5c4e.tar.gz)
+DETECTRON2_SRC ?= $(if $(wildcard $(D2_TARBALL)),$(D2_TARBALL),git+https://github.com/facebookresearch/detectron2.git@$(D2_COMMIT))
+D2_CACHE ?= $(HOME)/.cache/srfkit/detectron2
+D2_TORCH := $(shell sed -n 's/^torch==//p' requirements.txt)
+# The cache key: the source's content (a local tarball) or its URL, and the torch it is built against.
+D2_KEY = $(shell if [ -f '$(DETECTRON2_SRC)' ]; then sha256sum < '$(DETECTRON2_SRC)'; \
+  else printf '%s' '$(DETECTRON2_SRC)' | sha256sum; fi | cut -c1-12)-torch$(D2_TORCH)
+D2_WHEELS := $(D2_CACHE)/$(D2_KEY)
+D2_STAMP := $(VENV)/.d2-installed
+# Compile jobs for the C++ extension (one per core on the 2-core machines; set MAX_JOBS=N to change).
+D2_JOBS ?= 1
+
+.PHONY: venv d2 data book notebooks nbval chromium unit browser test lint clean
 
 $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,7 +56,29 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 
 venv: $(STAMP)
 
-data: venv
+# Build the wheel once per machine (a lock keeps two makes from building it at once; the wheel is
+# moved into the cache only when complete), then install it without its optional deps (tensorboard, black).
+$(D2_STAMP): $(STAMP) requirements-detectron2.txt
+	$(PY) -m pip install -q --no-cache-dir -r requirements-detectron2.txt
+	@mkdir -p $(D2_CACHE); \
+	exec 9>$(D2_CACHE)/.lock; flock 9; \
+	py=$$($(PY) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")'); \
+	dir=$(D2_WHEELS)-$$py; \
+	if ! ls $$dir/detectron2-*.whl >/dev/null 2>&1; then \
+	  echo "building detectron2 from $(DETECTRON2_SRC) (MAX_JOBS=$(D2_JOBS); 3 to 10 minutes on 2 cores)"; \
+	  start=$$(date +%s); tmp=$$dir.tmp-$$$$; rm -rf $$tmp; \
+	  MAX_JOBS=$(D2_JOBS) $(PY) -m pip wheel -q --no-build-isolation --no-deps --no-cache-dir -w $$tmp \
+	    "$(DETECTRON2_SRC)" || { rm -rf $$tmp; exit 1; }; \
+	  rm -rf $$dir; mv $$tmp $$dir; \
+	  echo "detectron2 wheel built in $$(( $$(date +%s) - start )) s: $$(ls $$dir)"; \
+	fi; \
+	$(PY) -m pip install -q --no-deps --force-reinstall $$dir/detectron2-*.whl
+	$(PY) -c 'import detectron2, detectron2._C, detectron2.model_zoo; print("detectron2", detectron2.__version__, "installed")'
+	touch $(D2_STAMP)
+
+d2: $(D2_STAMP)
+
+data: venv d2
 	$(PY) data/build.py --profile $(PROFILE)
 
 # Every chapter is executed on every build (--all: Sphinx would otherwise re-read, and so re-execute,
@@ -84,7 +122,7 @@ browser: chromium
 	$(PY) -m pytest tests/test_browser.py
 
 test: export SRFKIT_RUNS_DIR := $(TEST_RUNS)
-test: venv chromium
+test: venv d2 chromium
 	rm -rf $(TEST_RUNS)
 	@echo "disk before the tests: $$(df -h . | awk 'NR==2 {print $$4}') free"
 	@start=$$(date +%s); \
