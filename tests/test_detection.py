@@ -4,8 +4,11 @@ import pytest
 import torch
 
 from srfkit.detection import ARCHS, FeatureExtractor, build_detector, get_fpn
+from srfkit.detection.builder import fcos_head_groups
 from srfkit.models import SRFGenerator
 from srfkit.profiles import get_profile
+
+QUICK = get_profile("quick")
 
 
 def _batch(size: int = 64):
@@ -80,3 +83,68 @@ def test_local_backbone_weights(tmp_path):
         build_detector("faster_rcnn", 3, profile="quick", weights_backbone=path, norm="group")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         build_detector("faster_rcnn", 3, profile="quick", weights_backbone=tmp_path / "missing.pt")
+
+
+def _sized_batch(size: int, n: int):
+    """``n`` images of ``size`` px with one box and mask each (the box scaled from a 64 px layout)."""
+    g = torch.Generator().manual_seed(n)
+    images = [torch.rand(3, size, size, generator=g) for _ in range(n)]
+    x0, y0, x1, y1 = (v * size // 64 for v in (10, 8, 30, 40))
+    masks = torch.zeros(1, size, size, dtype=torch.uint8)
+    masks[:, y0:y1, x0:x1] = 1
+    box = torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32)
+    return images, [{"boxes": box, "labels": torch.tensor([1]), "masks": masks} for _ in images]
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["full", "half"])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quick_profile_trains_every_arch_at_batch_1_and_2(arch, batch, half):
+    """One forward+backward with finite losses, at the quick image size and at stage 2's half size.
+
+    FCOS at batch 1 used to stop inside GroupNorm on its 1x1 P6/P7 maps (32 groups of 32 channels).
+    """
+    size = QUICK.image_size // 2 if half else QUICK.image_size
+    torch.manual_seed(0)
+    model = build_detector(arch, 3, profile=QUICK, image_size=size, max_size=size).train()
+    images, targets = _sized_batch(size, batch)
+    losses = model(images, targets)
+    assert losses and all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        assert len(model(images)) == batch
+
+
+def test_fcos_head_norm_keeps_two_channels_per_group():
+    assert [fcos_head_groups(c) for c in (256, 64, 32, 48, 2)] == [32, 32, 16, 24, 1]
+    model = build_detector("fcos", 3, profile=QUICK)
+    norms = [m for m in model.head.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 8 and all(m.num_groups == 16 for m in norms)
+    with pytest.raises(ValueError, match="profile 'quick', arch 'fcos': .*fpn_channels=1"):
+        build_detector("fcos", 3, profile=QUICK, fpn_channels=1)
+
+
+def _groupnorm_widths(model: torch.nn.Module) -> list[int]:
+    return [m.num_channels // m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+
+
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_cpu_and_paper_profiles_build_every_arch(profile):
+    """Every arch builds; every GroupNorm has >= 2 channels per group (so a 1x1 level never stops it).
+
+    At the cpu profile each arch also takes one batch-1 training step at its 128 px; the paper
+    profile (R-50 at 800 px) is only built. FCOS keeps torchvision's 32 head groups at both.
+    """
+    prof = get_profile(profile)
+    for arch in ARCHS:
+        torch.manual_seed(0)
+        model = build_detector(arch, 3, profile=prof)
+        assert all(w >= 2 for w in _groupnorm_widths(model)), arch
+        if arch == "fcos":
+            assert {m.num_groups for m in model.head.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+        if profile == "cpu":
+            images, targets = _sized_batch(prof.image_size, 1)
+            losses = model.train()(images, targets)
+            assert all(torch.isfinite(v) for v in losses.values()), (arch, losses)
+            sum(losses.values()).backward()

@@ -4,8 +4,12 @@
 
 * ``"G"``: only the generator's weights, into T's FPN upsampler (from the extractor stage when given,
   since stage 2 fine-tuned G, else from the srf-gan stage). Everything else starts fresh.
-* ``"M"``: the whole extractor M: every weight whose name and shape match T's (backbone, FPN, G, and
-  the heads when T has M's family).
+* ``"M"``: the feature part of the extractor M: its ResNet body, its FPN's lateral and output convs
+  pyramid level by pyramid level (P3 of M into P3 of T, whatever the two families), and G (see
+  :func:`srfkit.detection.transfer_backbone`). T's heads always start fresh, also when T has M's
+  family, so that every cell of Table 3 (extractor head x target head) reuses the same part of M.
+  The transfer report (tensors per part and level, levels only one side has) is recorded in the
+  stage config as ``"reused"``.
 * ``"none"``: nothing; ``upsampler`` names T's FPN upsampler (``nearest`` gives the baseline).
 
 ``freeze_g=True`` keeps the upsampler's weights fixed (Table 4, A4); by default G is fine-tuned.
@@ -15,24 +19,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import nn
 from torch.utils.data import Dataset
 
+from ..detection import transfer_backbone
 from ..profiles import Profile, get_profile
 from .common import (
     build_from_spec,
     check_arch,
     default_arch,
     detector_spec,
+    load_detector,
     load_generator,
     read_stage,
     resolve_dataset,
     upsampler_spec,
 )
-from .extractor import load_matching
 from .guide import DetectorStage, loop_options
 from .loop import StageResult, seed_everything, train_loop
 
-__all__ = ["train_target", "REUSE"]
+__all__ = ["train_target", "build_target", "REUSE"]
 
 REUSE = ("G", "M", "none")
 
@@ -81,17 +88,7 @@ def train_target(
     source = _source(reuse, srf_gan_dir, extractor_dir)
     payload = read_stage(source) if source is not None else None
     seed_everything(seed)
-    if payload is None:
-        spec = detector_spec(arch, data.num_classes, upsampler_spec(upsampler, profile), profile)
-        model, loaded = build_from_spec(spec), {}
-    elif reuse == "G":
-        generator = load_generator(payload).train()
-        spec = detector_spec(arch, data.num_classes, _generator_cfg(payload), profile)
-        model, loaded = build_from_spec(spec, upsampler=generator), {}
-    else:
-        spec = detector_spec(arch, data.num_classes, payload["config"]["detector"]["upsampler"], profile)
-        model = build_from_spec(spec)
-        loaded = load_matching(model, payload["models"]["M"])
+    model, spec, loaded = build_target(profile, arch, data.num_classes, reuse, payload, upsampler)
     stage = DetectorStage(
         "target",
         model,
@@ -102,6 +99,33 @@ def train_target(
         sources={"reuse_from": str(source) if source else None},
     )
     return train_loop(stage, data, out_dir, profile.target, seed, resume, loop_options(profile, options))
+
+
+def build_target(
+    profile: Profile, arch: str, num_classes: int, reuse: str, payload: dict | None, upsampler: str = "nearest"
+) -> tuple[nn.Module, dict, dict]:
+    """T before training: ``(model, spec, reused)``, ``reused`` being the JSON-able transfer report.
+
+    Args:
+        reuse: ``G``, ``M`` or ``none`` (see the module doc); ``payload``: the stage G or M comes from
+            (:func:`~srfkit.train.common.read_stage`), ``None`` for ``none``.
+        upsampler: T's upsampler when ``reuse="none"``.
+
+    With ``M``, T is built first and M is built and loaded under a forked RNG, so T's fresh weights
+    (its heads, and any level M lacks) are the ones ``build_from_spec(spec)`` draws at that point.
+    """
+    if payload is None:
+        spec = detector_spec(arch, num_classes, upsampler_spec(upsampler, profile), profile)
+        return build_from_spec(spec), spec, {}
+    if reuse == "G":
+        generator = load_generator(payload).train()
+        spec = detector_spec(arch, num_classes, _generator_cfg(payload), profile)
+        return build_from_spec(spec, upsampler=generator), spec, {}
+    spec = detector_spec(arch, num_classes, payload["config"]["detector"]["upsampler"], profile)
+    model = build_from_spec(spec)
+    with torch.random.fork_rng(devices=[]):
+        extractor = load_detector(payload)
+    return model, spec, transfer_backbone(extractor, model)
 
 
 def _generator_cfg(payload: dict) -> dict:
