@@ -32,6 +32,8 @@ __all__ = [
     "update_result",
     "load_result",
     "available_results",
+    "invalidate_result",
+    "valid_entries",
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
@@ -151,3 +153,31 @@ def available_results(profile: str, root: Path | None = None) -> list[str]:
     """Experiments with a result file in ``profile``."""
     folder = results_path(profile, "x", root).parent
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def invalidate_result(profile: str, experiment: str, reason: str, root: Path | None = None) -> Path:
+    """Mark every dataset entry of a result file as invalid (a defect found after it was computed).
+
+    The numbers stay in the file for the record; readers (:func:`valid_entries`, the book) show the
+    reason instead of them. Re-running the experiment on a dataset replaces that dataset's entry,
+    and with it the mark.
+    """
+    path = results_path(profile, experiment, root)
+    with file_lock(path.parent / f".{path.stem}.lock"):
+        document = load_result(profile, experiment, root)
+        if document is None:
+            raise FileNotFoundError(f"{path}: no such result file")
+        stamp = {"reason": reason, "marked_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        datasets = {name: {**entry, "invalidated": stamp} for name, entry in document.get("datasets", {}).items()}
+        return write_result(profile, experiment, {"datasets": datasets}, root)
+
+
+def valid_entries(document: Mapping | None) -> tuple[dict, dict[str, str]]:
+    """``({dataset: entry} of the valid entries, {dataset: reason} of the invalidated ones)``."""
+    valid, invalid = {}, {}
+    for name, entry in ((document or {}).get("datasets") or {}).items():
+        if "invalidated" in entry:
+            invalid[name] = entry["invalidated"]["reason"]
+        else:
+            valid[name] = entry
+    return valid, invalid

@@ -110,3 +110,29 @@ def test_committed_probe_gives_back_its_stored_fidelity(path):
     for level, metrics in entry["probe"]["fidelity"].items():
         for key, value in metrics.items():
             assert recomputed[level][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (level, key)
+
+
+def test_an_invalidated_result_keeps_its_numbers_but_reads_as_invalid(tmp_path):
+    from srfkit.results import invalidate_result, update_result, valid_entries
+
+    entry = {"rows": {"a": {"summary": {}}}}
+    update_result("cpu", "detectors", "shapes", entry, tmp_path)
+    update_result("cpu", "detectors", "trees", entry, tmp_path)
+    invalidate_result("cpu", "detectors", "a defect", tmp_path)
+    document = load_result("cpu", "detectors", tmp_path)
+    assert document["datasets"]["shapes"]["rows"] == entry["rows"]  # kept for the record
+    assert valid_entries(document) == ({}, {"shapes": "a defect", "trees": "a defect"})
+    update_result("cpu", "detectors", "shapes", entry, tmp_path)  # re-run: that dataset is valid again
+    valid, invalid = valid_entries(load_result("cpu", "detectors", tmp_path))
+    assert list(valid) == ["shapes"] and invalid == {"trees": "a defect"}
+    with pytest.raises(FileNotFoundError, match="no such result file"):
+        invalidate_result("cpu", "cost", "x", tmp_path)
+
+
+def test_committed_results_from_before_the_issue_10_fixes_are_marked_invalid():
+    """Entries of detectors, cross_head and semantic_level computed before 2026-11-30 carry the mark."""
+    for name in ("detectors", "cross_head", "semantic_level"):
+        document = load_result("cpu", name)
+        for dataset, entry in (document or {}).get("datasets", {}).items():
+            if entry["provenance"]["finished_utc"] < "2026-11-30":
+                assert "invalidated" in entry, (name, dataset)
