@@ -253,3 +253,24 @@ def test_extractor_init_from_guide_takes_backbone_and_fpn_only():
     assert _level_values(model) == {k: _constant(k) for k in (3, 4, 5)}
     g = get_fpn(model).upsampler.state_dict()
     assert all(torch.equal(g[k], v) for k, v in g_state.items())  # stage 1's G, not the guide's
+
+
+def test_per_step_upsamplers_copied_by_the_level_each_step_makes():
+    torch.manual_seed(0)
+    src = build_detector("faster_rcnn", 3, "carafe", profile=QUICK)
+    dst = build_detector("retinanet", 3, "carafe", profile=QUICK)
+    src_steps, dst_steps = get_fpn(src).upsampler.steps, get_fpn(dst).upsampler.steps
+    assert (len(src_steps), len(dst_steps)) == (3, 2)  # steps make P2, P3, P4 / P3, P4
+    with torch.no_grad():
+        for step, level in zip(src_steps, (2, 3, 4)):
+            for p in step.parameters():
+                p.fill_(float(level))
+    tensors_per_step = len(dst_steps[0].state_dict())
+    report = transfer_backbone(src, dst)
+    for step, level in zip(dst_steps, (3, 4)):
+        assert all(bool((p == level).all()) for p in step.parameters()), f"step making P{level}"
+    assert report["upsampler"] == 2 * tensors_per_step > 0
+    assert "only the source" in report["not_copied"]["upsampler step P2"]
+    back = transfer_backbone(dst, src)  # one-stage -> two-stage: the step making P2 stays as it was
+    assert "only the destination" in back["not_copied"]["upsampler step P2"]
+    assert all(bool((p == 2).all()) for p in src_steps[0].parameters())

@@ -4,8 +4,9 @@ A two-stage detector's FPN returns P2-P5 from ResNet stages 1-4 (``inner_blocks[
 one-stage one returns P3-P5 from stages 2-4 (``inner_blocks[0]`` is P3). Their parameter names are
 the same, so copying by name would put every level one level off. :func:`transfer_backbone` pairs
 the FPN convs by the level they serve and copies only the feature part: the ResNet body, the FPN
-lateral and output convs, the FPN upsampler (G) and, when both sides have the same kind, the extra
-block (P6/P7). No head (RPN, RoI heads, RetinaNet/FCOS heads) is ever copied.
+lateral and output convs, the FPN upsampler (G whole; per-step upsamplers step by step, by the level
+each step makes) and, when both sides have the same kind, the extra block (P6/P7). No head (RPN,
+RoI heads, RetinaNet/FCOS heads) is ever copied.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from ..models.fpn import PerStepUpsampler
 
 __all__ = ["pyramid_keys", "transfer_backbone"]
 
@@ -101,7 +104,10 @@ def transfer_backbone(src_model: nn.Module, dst_model: nn.Module, *, upsampler: 
       Levels only one side has are left as they are and reported;
     * ``extra_blocks`` (P6/P7 of the one-stage FPNs): only when both sides have the same kind of
       extra block (RetinaNet <-> FCOS); a two-stage FPN's P6 is a parameter-free max pool;
-    * ``upsampler`` (G): when ``upsampler=True``; both upsamplers must hold the same tensors.
+    * ``upsampler`` (G): when ``upsampler=True``. A shared upsampler (G, the interpolations) is
+      copied whole; per-step upsamplers (DySample, CARAFE: one module per top-down step) step by
+      step, the step that makes P_k into the step that makes P_k. Both FPNs must have the same
+      kind of upsampler.
 
     Heads (RPN, RoI box and mask heads, RetinaNet/FCOS heads) are never copied. Every shape is
     checked before anything is copied: a mismatch raises ``ValueError`` naming the tensor and leaves
@@ -161,7 +167,27 @@ def transfer_backbone(src_model: nn.Module, dst_model: nn.Module, *, upsampler: 
         )
 
     g_prefix = f"{_FPN}upsampler."
-    if upsampler:
+    per_step = all(isinstance(fpn.upsampler, PerStepUpsampler) for fpn in (src_fpn, dst_fpn))
+    if upsampler and per_step:
+        # step i makes FPN level i (finest first) from level i + 1: the coarsest level has no step
+        src_steps = {k: i for k, i in src_index.items() if i < len(src_fpn.upsampler)}
+        dst_steps = {k: j for k, j in dst_index.items() if j < len(dst_fpn.upsampler)}
+        for level in sorted(set(src_steps) | set(dst_steps)):
+            if level in src_steps and level in dst_steps:
+                i, j = src_steps[level], dst_steps[level]
+                pairs = _pair(
+                    f"upsampler step of P{level}",
+                    src_state,
+                    dst_state,
+                    f"{g_prefix}steps.{i}.",
+                    f"{g_prefix}steps.{j}.",
+                )
+                plan += pairs
+                report["upsampler"] += len(pairs)
+            else:
+                side = "source" if level in src_steps else "destination"
+                not_copied[f"upsampler step P{level}"] = f"only the {side} has a top-down step making P{level}"
+    elif upsampler:
         pairs = _pair(
             f"FPN upsampler ({type(src_fpn.upsampler).__name__} -> {type(dst_fpn.upsampler).__name__}; "
             "pass upsampler=False to keep the destination's)",
