@@ -138,4 +138,6 @@ def get_config(
     cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if opts:
         cfg.merge_from_list(list(opts))
+    # A shortened run (SOLVER.MAX_ITER in opts) keeps only the learning-rate steps it reaches.
+    cfg.SOLVER.STEPS = tuple(step for step in cfg.SOLVER.STEPS if step < cfg.SOLVER.MAX_ITER)
     return cfg
