@@ -284,3 +284,28 @@ def test_feature_extractor_from_config_and_checkpoint(tmp_path):
     assert torch.equal(ref["p2"], feats["0"]) and torch.equal(ref["p6"], feats["pool"])
     odd = f(torch.rand(1, 3, 50, 70))  # not a multiple of 32: padded, then cropped back
     assert tuple(odd["0"].shape[-2:]) == (13, 18) and tuple(odd["3"].shape[-2:]) == (2, 3)
+
+
+@needs_d2
+def test_compare_nearest_srf_reuses_g(tmp_path):
+    from srfkit.detection.d2.engine import compare_nearest_srf
+    from srfkit.models import make_upsampler
+
+    g = make_upsampler("srf", 32, variant="released")
+    torch.save(g.state_dict(), tmp_path / "g.pt")
+    result = compare_nearest_srf(
+        tmp_path / "g.pt",
+        "shapes",
+        "quick",
+        seed=0,
+        out_dir=tmp_path / "cmp",
+        arch="cascade_rcnn",
+        variant="released",
+        device="cpu",
+        opts=["SOLVER.MAX_ITER", "2"],
+    )
+    assert set(result["nearest"]) == {"bbox"} and set(result["srf"]) == {"bbox"}
+    assert set(result["gain"]["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert (tmp_path / "cmp" / "nearest-seed0" / "model_final.pth").is_file()
+    srf_state = torch.load(tmp_path / "cmp" / "srf-seed0" / "model_final.pth", weights_only=False)["model"]
+    assert any(k.startswith("backbone.srf_module.") for k in srf_state)
