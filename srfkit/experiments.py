@@ -132,7 +132,8 @@ class Runs:
             source = dict(extractor_dir=extractor)
             tag = extractor.name
         name = f"target_{arch or 'default'}_{reuse}_{tag}" + ("_frozen" if freeze_g else "")
-        return self._train(train_target, name, reuse=reuse, arch=arch, freeze_g=freeze_g, **source)
+        weights = dict(weights_backbone=self.weights_backbone) if reuse != "M" else {}
+        return self._train(train_target, name, reuse=reuse, arch=arch, freeze_g=freeze_g, **source, **weights)
 
 
 def _mode_suffix(mode: str) -> str:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..detection import FeatureExtractor, build_detector, get_fpn, pad_batch
+from ..detection import FeatureExtractor, build_detector, get_fpn, pad_batch, pyramid_keys
 from ..models import FeaturePatchDiscriminator, fit_to_size, make_upsampler
 from ..profiles import Profile, Schedule
 from .checkpoint import FINAL_NAME, latest_checkpoint, load_checkpoint, load_module_state
@@ -57,7 +57,8 @@ PAD_DIVISOR = 64  # full-resolution batches pad to 64 so their 0.5x copies pad t
 
 
 def resolve_dataset(dataset: str | Dataset, profile: Profile, device: str | None = None) -> Dataset:
-    """A dataset object, given one or a shipped dataset's name (``srfkit.data.load``, train split).
+    """A dataset object, given one or a shipped dataset's name (``srfkit.data.load``, train split,
+    flipped left-right with probability ``profile.train_hflip``).
 
     Under torchrun, rank 0 loads (and if needed builds) the data first, the other ranks after it.
     """
@@ -68,7 +69,8 @@ def resolve_dataset(dataset: str | Dataset, profile: Profile, device: str | None
     env = init_distributed(device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     if env is not None and not env.is_main:
         env.barrier()
-    loaded = data.load(dataset, "train", profile)
+    flip = data.RandomHorizontalFlip(profile.train_hflip) if profile.train_hflip > 0 else None
+    loaded = data.load(dataset, "train", profile, transforms=flip)
     if env is not None and env.is_main:
         env.barrier()
     return loaded
@@ -155,17 +157,6 @@ def degrade(
 
 
 # ------------------------------------------------------------------------------------ pyramid levels
-
-
-def pyramid_keys(model: nn.Module) -> dict[int, str]:
-    """Pyramid level k (P_k has stride 2**k) -> the FPN output key, for a detector or FeatureExtractor.
-
-    Two-stage detectors return ``"0".."3"`` for P2-P5; the one-stage ones ``"0".."2"`` for P3-P5.
-    Extra levels (``pool``, ``p6``, ``p7``) are not listed: Eq. (2)-(3) use P2-P5.
-    """
-    model = getattr(model, "module", model)
-    return_layers = model.backbone.body.return_layers  # {"layer1": "0", ...}; layer k gives P_{k+1}
-    return {int(layer[-1]) + 1: key for layer, key in return_layers.items()}
 
 
 @contextlib.contextmanager

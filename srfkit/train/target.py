@@ -28,6 +28,7 @@ from ..profiles import Profile, get_profile
 from .common import (
     build_from_spec,
     check_arch,
+    check_backbone_init,
     default_arch,
     detector_spec,
     load_detector,
@@ -69,6 +70,7 @@ def train_target(
     extractor_dir: str | Path | None = None,
     freeze_g: bool = False,
     upsampler: str = "nearest",
+    weights_backbone: str | Path | None = None,
     **options,
 ) -> StageResult:
     """Stage 3: train the target detector T (``mask_rcnn``, ``faster_rcnn``, ``retinanet`` or ``fcos``).
@@ -79,6 +81,8 @@ def train_target(
         srf_gan_dir, extractor_dir: finished earlier stages to take G or M from.
         freeze_g: keep the FPN upsampler fixed instead of fine-tuning it.
         upsampler: T's upsampler when ``reuse="none"`` (ignored otherwise).
+        weights_backbone: a local ResNet state dict for T's fresh backbone (``reuse`` ``G`` or ``none``;
+            required by ``norm="frozen"`` profiles such as ``paper``; with ``M`` the backbone is M's).
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
     profile = get_profile(profile)
@@ -87,8 +91,11 @@ def train_target(
     check_arch(arch, data)
     source = _source(reuse, srf_gan_dir, extractor_dir)
     payload = read_stage(source) if source is not None else None
+    if reuse != "M":
+        check_backbone_init(profile, weights_backbone)
     seed_everything(seed)
-    model, spec, loaded = build_target(profile, arch, data.num_classes, reuse, payload, upsampler)
+    weights = None if reuse == "M" else weights_backbone
+    model, spec, loaded = build_target(profile, arch, data.num_classes, reuse, payload, upsampler, weights)
     stage = DetectorStage(
         "target",
         model,
@@ -96,13 +103,19 @@ def train_target(
         data,
         freeze_upsampler=freeze_g,
         extra={"reuse": reuse, "reused_from": payload["stage"] if payload else None, "reused": loaded},
-        sources={"reuse_from": str(source) if source else None},
+        sources={"reuse_from": str(source) if source else None, "weights_backbone": str(weights) if weights else None},
     )
     return train_loop(stage, data, out_dir, profile.target, seed, resume, loop_options(profile, options))
 
 
 def build_target(
-    profile: Profile, arch: str, num_classes: int, reuse: str, payload: dict | None, upsampler: str = "nearest"
+    profile: Profile,
+    arch: str,
+    num_classes: int,
+    reuse: str,
+    payload: dict | None,
+    upsampler: str = "nearest",
+    weights_backbone: str | Path | None = None,
 ) -> tuple[nn.Module, dict, dict]:
     """T before training: ``(model, spec, reused)``, ``reused`` being the JSON-able transfer report.
 
@@ -110,17 +123,18 @@ def build_target(
         reuse: ``G``, ``M`` or ``none`` (see the module doc); ``payload``: the stage G or M comes from
             (:func:`~srfkit.train.common.read_stage`), ``None`` for ``none``.
         upsampler: T's upsampler when ``reuse="none"``.
+        weights_backbone: a local ResNet state dict for T's backbone (not with ``M``).
 
     With ``M``, T is built first and M is built and loaded under a forked RNG, so T's fresh weights
     (its heads, and any level M lacks) are the ones ``build_from_spec(spec)`` draws at that point.
     """
     if payload is None:
         spec = detector_spec(arch, num_classes, upsampler_spec(upsampler, profile), profile)
-        return build_from_spec(spec), spec, {}
+        return build_from_spec(spec, weights_backbone=weights_backbone), spec, {}
     if reuse == "G":
         generator = load_generator(payload).train()
         spec = detector_spec(arch, num_classes, _generator_cfg(payload), profile)
-        return build_from_spec(spec, upsampler=generator), spec, {}
+        return build_from_spec(spec, upsampler=generator, weights_backbone=weights_backbone), spec, {}
     spec = detector_spec(arch, num_classes, payload["config"]["detector"]["upsampler"], profile)
     model = build_from_spec(spec)
     with torch.random.fork_rng(devices=[]):
