@@ -396,6 +396,21 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _configure_d2(p: argparse.ArgumentParser) -> None:
+    from .detection.d2.cli import configure_parser
+
+    configure_parser(p)
+
+
+def _run_d2(args: argparse.Namespace) -> int:
+    from .detection.d2.cli import run_from_args
+
+    return run_from_args(args)
+
+
+add_subcommand(
+    "d2-train", _configure_d2, _run_d2, "train/evaluate an SRF-FPN detector with detectron2 (the second engine)"
+)
 add_subcommand("evaluate", _configure_evaluate, _run_evaluate, "COCO AP of a finished stage folder (table + JSON)")
 add_subcommand(
     "experiments",

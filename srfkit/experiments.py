@@ -230,7 +230,7 @@ def semantic_level(ctx: ExperimentContext) -> dict:
 
 def cross_head(ctx: ExperimentContext) -> dict:
     """Table 3: target detectors (rows) trained from extractors with another detection head."""
-    heads = ("mask_rcnn", "retinanet") if _has_masks(ctx) else ("faster_rcnn", "retinanet")
+    heads = ("mask_rcnn", "retinanet", "centermask") if _has_masks(ctx) else ("faster_rcnn", "retinanet")
     rows: dict[str, Callable[[Runs], Path]] = {}
     for target in heads:
         rows[f"{target}/baseline"] = lambda r, t=target: r.detector(arch=t)
@@ -241,7 +241,7 @@ def cross_head(ctx: ExperimentContext) -> dict:
 
 def detectors(ctx: ExperimentContext) -> dict:
     """Table 1: each detector family with nearest, with G reused and with M reused."""
-    archs = ("faster_rcnn", "retinanet", "fcos") + (("mask_rcnn",) if _has_masks(ctx) else ())
+    archs = ("faster_rcnn", "retinanet", "fcos") + (("mask_rcnn", "centermask") if _has_masks(ctx) else ())
     rows: dict[str, Callable[[Runs], Path]] = {}
     for arch in archs:
         rows[f"{arch}/nearest"] = lambda r, a=arch: r.detector(arch=a)

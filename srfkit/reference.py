@@ -57,6 +57,12 @@ PAPER_TABLES: dict[str, dict] = {
             "retinanet/baseline": ["RetinaNet", "-", 37.4, None, 88],
             "retinanet/mask_rcnn": ["RetinaNet", "Mask R-CNN", 39.6, None, 101],
             "retinanet/retinanet": ["RetinaNet", "RetinaNet", 38.2, None, 102],
+            "mask_rcnn/centermask": ["Mask R-CNN", "CenterMask", 40.5, 36.5, 117],
+            "retinanet/centermask": ["RetinaNet", "CenterMask", 39.7, None, 107],
+            "centermask/baseline": ["CenterMask", "-", 39.8, 35.5, 73],
+            "centermask/mask_rcnn": ["CenterMask", "Mask R-CNN", 42.1, 37.2, 84],
+            "centermask/retinanet": ["CenterMask", "RetinaNet", 40.9, 35.9, 86],
+            "centermask/centermask": ["CenterMask", "CenterMask", 41.7, 36.8, 85],
         },
     },
     "table1_detectors": {

@@ -92,9 +92,13 @@ def default_arch(dataset: Dataset) -> str:
     return "mask_rcnn" if getattr(dataset, "has_masks", False) else "faster_rcnn"
 
 
+MASK_ARCHS = ("mask_rcnn", "centermask")  # detector families that predict instance masks
+
+
 def check_arch(arch: str, dataset: Dataset) -> None:
-    if arch == "mask_rcnn" and not getattr(dataset, "has_masks", False):
-        raise ValueError(f"arch 'mask_rcnn' needs instance masks, and dataset {dataset_info(dataset)['name']} has none")
+    """Refuse a mask-predicting family on a dataset without instance masks (before anything trains)."""
+    if arch in MASK_ARCHS and not getattr(dataset, "has_masks", False):
+        raise ValueError(f"arch {arch!r} needs instance masks, and dataset {dataset_info(dataset)['name']} has none")
 
 
 def profile_from_dict(d: dict) -> Profile:
@@ -251,8 +255,18 @@ def generator_spec(channels: int, variant: str = "paper", num_blocks: int | None
     return {"name": "srf", "kwargs": {"variant": variant, "num_blocks": num_blocks}, "channels": channels}
 
 
-def detector_spec(arch: str, num_classes: int, upsampler: dict, profile: Profile, **overrides) -> dict:
-    """Plain description of a detector: arch, classes, upsampler spec, profile and size overrides."""
+def detector_spec(
+    arch: str, num_classes: int, upsampler: dict, profile: Profile, share_upsampler: bool | None = None, **overrides
+) -> dict:
+    """Plain description of a detector: arch, classes, upsampler spec, profile and overrides.
+
+    ``overrides`` holds the keyword arguments that :func:`build_from_spec` passes on to
+    :func:`~srfkit.detection.build_detector`: profile-field overrides (sizes), and ``share_upsampler``
+    (one FPN upsampler for all top-down steps, or one per step) only when it is not ``None``, so the
+    specs of default FPNs stay as they were and a stage built with it rebuilds the same modules.
+    """
+    if share_upsampler is not None:
+        overrides["share_upsampler"] = bool(share_upsampler)
     return {
         "arch": arch,
         "num_classes": int(num_classes),
@@ -299,10 +313,12 @@ def build_discriminator(spec: dict) -> FeaturePatchDiscriminator:
 
 
 def upsampler_spec(name: str, profile: Profile, variant: str = "paper", num_blocks: int | None = None) -> dict:
-    """Spec of a registry upsampler; ``srf`` ones carry the generator options."""
+    """Spec of a registry upsampler; ``srf`` ones carry the generator options, ``nearest_conv`` its
+    ``num_blocks`` when given (G's 5 otherwise)."""
     if name == "srf":
         return generator_spec(profile.fpn_channels, variant, num_blocks)
-    return {"name": name, "kwargs": {}, "channels": profile.fpn_channels}
+    kwargs = {"num_blocks": num_blocks} if name == "nearest_conv" and num_blocks is not None else {}
+    return {"name": name, "kwargs": kwargs, "channels": profile.fpn_channels}
 
 
 # ------------------------------------------------------------------------------------------ loaders

@@ -39,7 +39,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--srf-weights", default=None, help="G: a srfkit srf-gan stage folder/checkpoint or the authors' checkpoint"
     )
     parser.add_argument("--srf-freeze", action="store_true", help="MODEL.SRF_FREEZE: keep G fixed")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="SEED of detectron2 (weights and data order) [%(default)s]")
     parser.add_argument("--out", default="runs/d2", help="OUTPUT_DIR (default: runs/d2)")
     parser.add_argument("--device", default=None, help="MODEL.DEVICE (default: cuda if available, else cpu)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
@@ -48,9 +48,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--compare", action="store_true", help="train nearest and SRF (G from --srf-weights) and report both"
     )
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (detectron2's launch)")
-    parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument("--machine-rank", type=int, default=0)
-    parser.add_argument("--dist-url", default="auto")
+    parser.add_argument("--num-machines", type=int, default=1, help="machines in the launch [%(default)s]")
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank [%(default)s]")
+    parser.add_argument("--dist-url", default="auto", help="rendezvous URL of detectron2's launch [%(default)s]")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="detectron2 config overrides: KEY VALUE ...")
     return parser
 
