@@ -411,6 +411,26 @@ def _run_d2(args: argparse.Namespace) -> int:
 add_subcommand(
     "d2-train", _configure_d2, _run_d2, "train/evaluate an SRF-FPN detector with detectron2 (the second engine)"
 )
+
+
+def _configure_campaign(p: argparse.ArgumentParser) -> None:
+    from .campaign import configure_parser
+
+    configure_parser(p)
+
+
+def _run_campaign(args: argparse.Namespace) -> int:
+    from .campaign import run_from_args
+
+    return run_from_args(args)
+
+
+add_subcommand(
+    "campaign",
+    _configure_campaign,
+    _run_campaign,
+    "every (experiment, row, seed) cell of the results, resumable; writes each cell as it lands",
+)
 add_subcommand("evaluate", _configure_evaluate, _run_evaluate, "COCO AP of a finished stage folder (table + JSON)")
 add_subcommand(
     "experiments",

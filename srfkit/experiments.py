@@ -15,6 +15,11 @@ per level), ``cost`` (parameters and latency).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +29,7 @@ import torch
 from torch import nn
 
 from .profiles import Profile, get_profile
-from .results import mean_std, provenance, results_path, update_result
+from .results import load_result, merge_entry, provenance, results_path, update_cell, update_result
 from .train.checkpoint import save_checkpoint
 from .train.evaluate import evaluate_stage
 
@@ -35,6 +40,8 @@ PLAIN_UPSAMPLERS = ("nearest", "bilinear", "bicubic", "dysample", "dysample_dyna
 # Generator variants trained by SRF-GAN (stage 1) and reused as G (stage 3).
 GENERATOR_ROWS = {"srf_light": "light", "srf_depthwise": "depthwise"}
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# The learning curve's two rows: the baseline and the paper's G trained from scratch in the FPN.
+CURVE_UPSAMPLERS = ("nearest", "srf")
 
 
 @dataclass
@@ -94,17 +101,63 @@ class Runs:
             degrade_mode=degrade_mode,
         )
 
-    def extractor(self, arch: str | None = None, semantic_level: str = "same", degrade_mode: str = "bilinear") -> Path:
-        """Stage 2 from the paper-form G (``semantic_level``: Table 7's variants)."""
+    def curve(self, upsampler: str, budget: int) -> Path:
+        """The checkpoint after ``budget`` steps of one learning-curve chain (``learning_curve``).
+
+        One chain per upsampler and seed trains a guide-like detector for ``max(curve_budgets)`` steps
+        with the guide schedule's learning rate and warm-up but no decay (a constant rate, so that the
+        checkpoint at every budget is what that many steps give), keeping a checkpoint at each
+        budget. A chain resumes from its newest checkpoint, so asking for the budgets in order trains
+        it once.
+        """
+        from .train import train_guide
+        from .train.checkpoint import checkpoint_path
+
+        budgets = self.profile.curve_budgets
+        if budget not in budgets:
+            raise ValueError(f"budget {budget} is not one of the profile's curve_budgets {budgets}")
+        top = max(budgets)
+        schedule = dataclasses.replace(
+            self.profile.guide, iters=top, milestones=(), checkpoint_every=functools.reduce(math.gcd, budgets)
+        )
+        out = self.folder / f"curve_{upsampler}"
+        wanted = checkpoint_path(out, None if budget == top else budget)
+        if not wanted.is_file():
+            options = {k: v for k, v in self.options.items() if k != "iters"}  # the chain sets its own length
+            train_guide(
+                self.profile.replace(guide=schedule),
+                self.dataset,
+                out,
+                seed=self.seed,
+                resume=True,
+                upsampler=upsampler,
+                weights_backbone=self.weights_backbone,
+                **{**options, "stop_at": budget, "keep_last": None},
+            )
+        return wanted
+
+    def extractor(
+        self,
+        arch: str | None = None,
+        semantic_level: str = "same",
+        degrade_mode: str = "bilinear",
+        upsampler: str | None = None,
+    ) -> Path:
+        """Stage 2 from the paper-form G (``semantic_level``: Table 7's variants).
+
+        ``upsampler`` (e.g. ``nearest``): the control without G, M with that upsampler and a fresh D,
+        trained with the same detection and feature losses (no stage 1).
+        """
         from .train import train_extractor
 
         name = f"extractor_{arch or 'default'}" + ("" if semantic_level == "same" else f"_{semantic_level}")
-        name += _mode_suffix(degrade_mode)
+        name += _mode_suffix(degrade_mode) + (f"_{upsampler}" if upsampler else "")
         return self._train(
             train_extractor,
             name,
             guide_dir=self.detector(),
-            srf_gan_dir=self.srf_gan(degrade_mode=degrade_mode),
+            srf_gan_dir=None if upsampler else self.srf_gan(degrade_mode=degrade_mode),
+            upsampler=upsampler,
             arch=arch,
             semantic_level=semantic_level,
             degrade_mode=degrade_mode,
@@ -140,27 +193,85 @@ def _mode_suffix(mode: str) -> str:
     return "" if mode == "bilinear" else f"_deg{mode}"
 
 
-def _aggregate(per_seed: dict[int, dict]) -> dict:
-    """Mean and std over seeds for every iou type and metric of per-seed ``coco_evaluate`` outputs."""
-    first = next(iter(per_seed.values()))
-    return {
-        iou: {k: mean_std([per_seed[s][iou][k] for s in per_seed]) for k in first[iou]}
-        for iou in first
-        if isinstance(first[iou], dict)
+@dataclass(frozen=True)
+class Table:
+    """A row experiment: rows (each a function of a seed's :class:`Runs` giving the stage folder or
+    checkpoint to evaluate) and the paired comparisons ``(row, baseline)`` its verdicts come from."""
+
+    rows: dict[str, Callable[[Runs], Path]]
+    comparisons: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (experiment, dataset, row, seed): train what the row needs in that seed's chain, evaluate it."""
+
+    experiment: str
+    dataset: str
+    row: str
+    seed: int
+
+
+# Profile fields that cannot change a cell's numbers (how many seeds, data workers, checkpoint spacing).
+_NOT_IN_FINGERPRINT = ("seeds", "num_workers", "curve_budgets", "extra")
+
+
+def fingerprint(
+    profile: Profile, options: dict, weights_backbone: Path | None = None, experiment: str | None = None
+) -> str:
+    """Short hash of every setting a cell's numbers depend on (profile, loop options, backbone weights).
+
+    A cell recorded under another fingerprint is stale: the campaign computes it again. Fields that
+    cannot change the numbers are left out (seed list, workers, checkpoint spacing), and a
+    ``learning_curve`` cell ignores the stage schedules its constant-rate chain does not use (so
+    setting the other tables' budgets from the curve does not make the curve stale).
+    """
+    d = {k: v for k, v in profile.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+    for stage in ("guide", "srf_gan", "extractor", "target"):
+        d[stage] = {k: v for k, v in d[stage].items() if k != "checkpoint_every"}
+    if experiment == "learning_curve":
+        d = {k: v for k, v in d.items() if k not in ("srf_gan", "extractor", "target")}
+        d["guide"] = {k: v for k, v in d["guide"].items() if k not in ("iters", "milestones")}
+    blob = json.dumps([d, options, str(weights_backbone or "")], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def cell_done(document: dict | None, cell: Cell, key: str) -> bool:
+    """Whether ``document`` (a result file) holds ``cell`` computed under fingerprint ``key``."""
+    entry = ((document or {}).get("datasets") or {}).get(cell.dataset) or {}
+    if "invalidated" in entry:
+        return False
+    record = (entry.get("rows") or {}).get(cell.row) or {}
+    found = (record.get("cells") or {}).get(str(cell.seed))
+    return bool(found) and found.get("fingerprint") == key and str(cell.seed) in record.get("per_seed", {})
+
+
+def run_cell(ctx: ExperimentContext, table: Table, cell: Cell) -> dict:
+    """Train (or reuse) the cell's chain, evaluate it, and merge it into the result file at once."""
+    runs = ctx.runs(cell.seed)
+    t0 = time.perf_counter()
+    target = table.rows[cell.row](runs)
+    progress = ctx.options.get("progress", True)
+    metrics = evaluate_stage(target, cell.dataset, full_resolution=True, progress=progress)
+    record = {
+        "stage": str(target.relative_to(ctx.runs_root)) if target.is_relative_to(ctx.runs_root) else str(target),
+        "wall_s": time.perf_counter() - t0,
+        "fingerprint": ctx.fingerprint,
+        **{k: provenance()[k] for k in ("git_commit", "finished_utc", "device")},
     }
-
-
-def _rows(context: ExperimentContext, rows: dict[str, Callable[[Runs], Path]]) -> dict:
-    """Train and evaluate every row for every seed: ``{row: {"per_seed": ..., "summary": ...}}``."""
-    out = {}
-    for row, make in rows.items():
-        per_seed = {}
-        for seed in context.seeds:
-            runs = context.runs(seed)
-            progress = context.options.get("progress", True)
-            per_seed[seed] = evaluate_stage(make(runs), context.dataset, full_resolution=True, progress=progress)
-        out[row] = {"per_seed": per_seed, "summary": _aggregate(per_seed)}
-    return out
+    update_cell(
+        ctx.profile.name,
+        cell.experiment,
+        cell.dataset,
+        cell.row,
+        cell.seed,
+        metrics,
+        record,
+        comparisons=list(table.comparisons),
+        config=ctx.config,
+        root=ctx.results_root,
+    )
+    return metrics
 
 
 @dataclass
@@ -175,25 +286,72 @@ class ExperimentContext:
     results_root: Path | None = None
     weights_backbone: Path | None = None
 
+    experiment: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.profile, self.options, self.weights_backbone, self.experiment)
+
+    @property
+    def config(self) -> dict:
+        """What the result file records of how its cells were made."""
+        return {
+            "profile": self.profile.to_dict(),
+            "options": self.options,
+            "weights_backbone": str(self.weights_backbone or ""),
+            "fingerprint": self.fingerprint,
+        }
+
     def runs(self, seed: int) -> Runs:
         return Runs(self.profile, self.dataset, seed, self.runs_root, self.options, self.weights_backbone)
 
 
-def interpolation(ctx: ExperimentContext) -> dict:
-    """Table 5 plus peers: one detector per FPN upsampler, SRF with G and with M reused."""
+def interpolation(ctx: ExperimentContext) -> Table:
+    """Table 5 plus peers and controls: one detector per FPN upsampler, SRF with G and with M reused.
+
+    Controls: ``srf_scratch`` (the paper's G inside the detector from random init, no GAN stages),
+    ``nearest_conv`` (nearest plus a block as large as G: capacity without learned upsampling),
+    ``A1_matched`` (nearest trained as long as ``srf_M``'s backbone) and ``nearest_M`` (the whole
+    method with nearest instead of G). Every row is compared with nearest; ``srf_M`` also with the
+    budget-matched ``A1_matched`` and with ``nearest_M``, and ``srf_G`` with ``srf_scratch``.
+    """
     rows: dict[str, Callable[[Runs], Path]] = {name: (lambda r, n=name: r.detector(n)) for name in PLAIN_UPSAMPLERS}
+    rows["srf_scratch"] = lambda r: r.detector("srf")
+    rows["nearest_conv"] = lambda r: r.detector("nearest_conv")
     rows["srf_G"] = lambda r: r.target("G")
     rows["srf_M"] = lambda r: r.target("M")
     for row, variant in GENERATOR_ROWS.items():
         rows[f"{row}_G"] = lambda r, v=variant: r.target("G", variant=v)
-    return {"rows": _rows(ctx, rows)}
+    rows["A1_matched"] = lambda r: r.detector(iters=r.reuse_m_steps())
+    rows["nearest_M"] = lambda r: r.target("M", extractor=r.extractor(upsampler="nearest"))
+    comparisons = [(row, "nearest") for row in rows if row != "nearest"]
+    comparisons += [("srf_M", "A1_matched"), ("srf_M", "nearest_M"), ("srf_G", "srf_scratch")]
+    return Table(rows, tuple(comparisons))
 
 
-def progressive(ctx: ExperimentContext) -> dict:
+def learning_curve(ctx: ExperimentContext) -> Table:
+    """AP against training steps: Mask R-CNN with nearest and with the paper's G trained from scratch
+    inside the FPN (no GAN stages), at each of the profile's ``curve_budgets`` (one constant-rate chain
+    per upsampler and seed; see :meth:`Runs.curve`). Rows ``<upsampler>@<steps>``; each ``srf`` row is
+    compared with ``nearest`` at the same budget. Tells faster learning from a higher plateau, and
+    where the baseline's plateau is (the budget the other tables need).
+    """
+    rows: dict[str, Callable[[Runs], Path]] = {}
+    for budget in ctx.profile.curve_budgets:
+        for upsampler in CURVE_UPSAMPLERS:
+            rows[f"{upsampler}@{budget}"] = lambda r, u=upsampler, b=budget: r.curve(u, b)
+    comparisons = tuple((f"srf@{b}", f"nearest@{b}") for b in ctx.profile.curve_budgets)
+    return Table(rows, comparisons)
+
+
+def progressive(ctx: ExperimentContext) -> Table:
     """Table 4: A1 baseline, A2 G only, A3 the extractor itself, A4 M with G frozen, A5 everything.
 
-    ``A1_matched`` is not in the paper: the baseline trained for as many steps as the backbone of A4
-    and A5 (stage 2 plus stage 3), so that reusing M is not credited with extra training.
+    Not in the paper: ``A1_matched``, the baseline trained for as many steps as the backbone of A4 and
+    A5 (stage 2 plus stage 3), so that reusing M is not credited with extra training, and
+    ``nearest_M``, everything of the method but G (stage 2 with nearest and the same feature loss,
+    then stage 3). A2 and A3 are compared with A1 (the same detector steps), A4 and A5 with
+    ``A1_matched``, and A5 also with ``nearest_M`` (what G adds inside the method).
     """
     rows = {
         "A1": lambda r: r.detector(),
@@ -202,8 +360,18 @@ def progressive(ctx: ExperimentContext) -> dict:
         "A4": lambda r: r.target("M", freeze_g=True),
         "A5": lambda r: r.target("M"),
         "A1_matched": lambda r: r.detector(iters=r.reuse_m_steps()),
+        "nearest_M": lambda r: r.target("M", extractor=r.extractor(upsampler="nearest")),
     }
-    return {"rows": _rows(ctx, rows)}
+    comparisons = (
+        ("A2", "A1"),
+        ("A3", "A1"),
+        ("A1_matched", "A1"),
+        ("A4", "A1_matched"),
+        ("A5", "A1_matched"),
+        ("nearest_M", "A1_matched"),
+        ("A5", "nearest_M"),
+    )
+    return Table(rows, comparisons)
 
 
 def degradation(ctx: ExperimentContext) -> dict:
@@ -212,7 +380,7 @@ def degradation(ctx: ExperimentContext) -> dict:
         mode: (lambda r, m=mode: r.target("M", extractor=r.extractor(degrade_mode=m)))
         for mode in ("nearest", "bicubic", "bilinear")
     }
-    return {"rows": _rows(ctx, rows)}
+    return Table(rows, (("nearest", "bilinear"), ("bicubic", "bilinear")))
 
 
 def semantic_level(ctx: ExperimentContext) -> dict:
@@ -225,7 +393,7 @@ def semantic_level(ctx: ExperimentContext) -> dict:
         "different": lambda r: r.target("M", extractor=r.extractor(semantic_level="different")),
         "same": lambda r: r.target("M"),
     }
-    return {"rows": _rows(ctx, rows)}
+    return Table(rows, (("different", "same"),))
 
 
 def cross_head(ctx: ExperimentContext) -> dict:
@@ -236,7 +404,8 @@ def cross_head(ctx: ExperimentContext) -> dict:
         rows[f"{target}/baseline"] = lambda r, t=target: r.detector(arch=t)
         for head in heads:
             rows[f"{target}/{head}"] = lambda r, t=target, h=head: r.target("M", arch=t, extractor=r.extractor(arch=h))
-    return {"rows": _rows(ctx, rows)}
+    comparisons = tuple((row, row.split("/")[0] + "/baseline") for row in rows if not row.endswith("/baseline"))
+    return Table(rows, comparisons)
 
 
 def detectors(ctx: ExperimentContext) -> dict:
@@ -247,22 +416,28 @@ def detectors(ctx: ExperimentContext) -> dict:
         rows[f"{arch}/nearest"] = lambda r, a=arch: r.detector(arch=a)
         rows[f"{arch}/G"] = lambda r, a=arch: r.target("G", arch=a)
         rows[f"{arch}/M"] = lambda r, a=arch: r.target("M", arch=a)
-    return {"rows": _rows(ctx, rows)}
+    comparisons = tuple((row, row.split("/")[0] + "/nearest") for row in rows if not row.endswith("/nearest"))
+    return Table(rows, comparisons)
 
 
-def adversarial_grad(ctx: ExperimentContext) -> dict:
+def adversarial_grad(ctx: ExperimentContext) -> Table:
     """G trained with the adversarial gradient (the paper's equations) or without it (the authors' training
     code, in their AFI-GAN repository)."""
     rows = {
         "with_adversarial_grad": lambda r: r.target("G", srf_gan=r.srf_gan(adversarial_grad=True)),
         "without_adversarial_grad": lambda r: r.target("G", srf_gan=r.srf_gan(adversarial_grad=False)),
     }
-    result = {"rows": _rows(ctx, rows)}
-    result["fidelity"] = {
-        name: _fidelity_per_seed(ctx, {"srf": lambda r, a=flag: r.srf_gan(adversarial_grad=a)})["srf"]
-        for name, flag in (("with_adversarial_grad", True), ("without_adversarial_grad", False))
+    return Table(rows, (("with_adversarial_grad", "without_adversarial_grad"),))
+
+
+def adversarial_grad_fidelity(ctx: ExperimentContext) -> dict:
+    """Feature fidelity of the stage-1 G trained with and without the adversarial gradient."""
+    return {
+        "fidelity": {
+            name: _fidelity_per_seed(ctx, {"srf": lambda r, a=flag: r.srf_gan(adversarial_grad=a)})["srf"]
+            for name, flag in (("with_adversarial_grad", True), ("without_adversarial_grad", False))
+        }
     }
-    return result
 
 
 def _fidelity_per_seed(ctx: ExperimentContext, learned: dict[str, Callable[[Runs], Path]]) -> dict:
@@ -398,7 +573,8 @@ def _has_masks(ctx: ExperimentContext) -> bool:
     return bool(load(ctx.dataset, "val", ctx.profile).has_masks)
 
 
-EXPERIMENTS: dict[str, Callable[[ExperimentContext], dict]] = {
+EXPERIMENTS: dict[str, Callable[[ExperimentContext], Table | dict]] = {
+    "learning_curve": learning_curve,
     "interpolation": interpolation,
     "progressive": progressive,
     "degradation": degradation,
@@ -409,6 +585,17 @@ EXPERIMENTS: dict[str, Callable[[ExperimentContext], dict]] = {
     "fidelity": fidelity,
     "cost": cost,
 }
+# Whole-experiment extras written beside a row table's cells (computed once its cells exist).
+EXTRAS: dict[str, Callable[[ExperimentContext], dict]] = {"adversarial_grad": adversarial_grad_fidelity}
+
+
+def experiment_cells(name: str, context: ExperimentContext) -> tuple[Table, list[Cell]]:
+    """The table of a row experiment and its cells, seed by seed (seed outermost, rows in order)."""
+    table = EXPERIMENTS[name](context)
+    if not isinstance(table, Table):
+        raise ValueError(f"experiment {name!r} has no rows (it is computed as a whole)")
+    cells = [Cell(name, context.dataset, row, seed) for seed in context.seeds for row in table.rows]
+    return table, cells
 
 
 def run_experiment(
@@ -432,12 +619,22 @@ def run_experiment(
     profile = get_profile(profile)
     seeds = tuple(seeds or profile.seeds)
     weights = Path(weights_backbone) if weights_backbone else None
-    context = ExperimentContext(profile, dataset, seeds, Path(runs_root), options, results_root, weights)
+    context = ExperimentContext(profile, dataset, seeds, Path(runs_root), options, results_root, weights, name)
     t0 = time.perf_counter()
+    if name in ROW_EXPERIMENTS:
+        table, cells = experiment_cells(name, context)
+        document = load_result(profile.name, name, results_root)
+        for cell in cells:  # each cell is merged into the result file the moment it is evaluated
+            if not cell_done(document, cell, context.fingerprint):
+                run_cell(context, table, cell)
+        path = results_path(profile.name, name, results_root)
+        if name in EXTRAS:
+            path = merge_entry(profile.name, name, dataset, EXTRAS[name](context), results_root)
+        return path
     payload = EXPERIMENTS[name](context)
     entry = {
         "seeds": list(seeds),
-        "config": {"profile": profile.to_dict(), "options": options, "weights_backbone": str(weights or "")},
+        "config": context.config,
         **payload,
         "wall_time_s": time.perf_counter() - t0,
         "provenance": provenance(),
@@ -491,3 +688,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     ):
         print(f"wrote {path}")
     return 0
+
+
+# Experiments made of (row, seed) cells; the others (fidelity, cost) are computed as a whole.
+ROW_EXPERIMENTS = tuple(n for n in EXPERIMENTS if n not in ("fidelity", "cost"))

@@ -74,6 +74,30 @@ class Profile:
         eval_images: cap on validation images for COCO AP (0 = all).
         clip_grad: default gradient-norm clipping of every stage (``None``: none). From-scratch
             GroupNorm detectors at lr 0.02 diverged in the cpu profile without it (step 30, NaN).
+        roi_canonical_scale, roi_canonical_level: the FPN paper's RoI-to-level rule of the R-CNN box and
+            mask poolers (torchvision's ``MultiScaleRoIAlign``): a RoI of side ``sqrt(area)`` (pixels of
+            the resized image) is pooled from level ``floor(level + log2(sqrt(area) / scale))``, clamped
+            to P2..P5. FPN's 224 at level 4 belongs to 800 px images; the profiles scale it with the
+            image, ``round(224 * image_size / 800)``: paper 224, cpu 36 (128 px), quick 18 (64 px), so
+            that objects keep their level. The defaults (224, 4) are torchvision's, and what profiles
+            saved before these fields existed rebuild with. ``image_size`` overrides of one model (the
+            half-size extractor) keep the scale: the rule stays in pixels.
+        retinanet_anchor_sizes: base anchor size of each RetinaNet level P3..P7, in pixels of the resized
+            image; each level has three octave scales (x1, x2^(1/3), x2^(2/3)) and aspect ratios 0.5, 1, 2.
+            torchvision's and detectron2's (32, 64, 128, 256, 512) at 800 px (4x the stride). ``None``:
+            ``2 * anchor_sizes``, the rule srfkit used before this field, which profiles saved earlier
+            rebuild with. The cpu and quick profiles keep that (16 at P3, 2x the stride): on shapes at
+            128 px it leaves 20% of the boxes without an anchor of IoU >= 0.5, against 29% for (8, ...)
+            (1x the stride, too coarse a grid) and most boxes under 32 px for 4x the stride.
+        retinanet_head_norm: ``None``: torchvision's RetinaNet head (no normalisation in its conv towers,
+            as in the paper's detectron2 RetinaNet; trained over ImageNet features at C=256). ``"group"``:
+            GroupNorm in both towers (torchvision's RetinaNet v2 head; groups as in the FCOS head). From
+            scratch at C=64 the plain head's 0.01-std convs shrink the signal about 6x a layer: gradient
+            norm 0.4 at the first steps against 13 with GroupNorm, and no detection above the 0.05 score
+            threshold after 300 cpu-profile steps.
+        curve_budgets: training steps at which the ``learning_curve`` experiment evaluates its chains.
+        train_hflip: probability of a horizontal flip of each training image of a shipped dataset
+            (0: none). The paper's detectron2 default flips with probability 0.5.
     """
 
     name: str
@@ -100,6 +124,12 @@ class Profile:
     seeds: tuple[int, ...] = (0,)
     eval_images: int = 0
     clip_grad: float | None = None
+    roi_canonical_scale: int = 224
+    roi_canonical_level: int = 4
+    retinanet_anchor_sizes: tuple[int, ...] | None = None
+    retinanet_head_norm: str | None = None
+    train_hflip: float = 0.0
+    curve_budgets: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def replace(self, **changes) -> Profile:
@@ -143,6 +173,11 @@ QUICK = Profile(
     seeds=(0,),
     eval_images=8,
     clip_grad=10.0,
+    roi_canonical_scale=18,  # round(224 * 64 / 800)
+    retinanet_anchor_sizes=(16, 32, 64, 128, 256),
+    retinanet_head_norm="group",
+    train_hflip=0.5,
+    curve_budgets=(2, 4, 6),
 )
 
 CPU = Profile(
@@ -163,7 +198,8 @@ CPU = Profile(
     # (2C, 4C, 4C) made stage 1 about 3.7 s a step at C=128; (C, 2C, 2C) about 1.2 s (measured).
     discriminator_widths=(64, 128, 128),
     num_workers=0,
-    dataset_images=(400, 100),
+    # shapes at 2,000 train / 500 val images (about 2,500 val objects): enough to see a 1-2 AP difference.
+    dataset_images=(2000, 500),
     # Sized so that the `interpolation` and `progressive` experiments (3 seeds, shapes and trees, one
     # process per dataset) fit in under 2 hours on 2 cores: about 2,800 steps per seed and dataset.
     # A Mask R-CNN R-18-FPN step at 128 px, batch 4, one thread, two processes side by side, was
@@ -172,9 +208,14 @@ CPU = Profile(
     srf_gan=Schedule(iters=150, lr=0.001, batch_size=4, warmup_iters=15, checkpoint_every=75),
     extractor=Schedule(iters=150, lr=0.01, batch_size=4, warmup_iters=15, checkpoint_every=75),
     target=Schedule(iters=200, lr=0.01, batch_size=4, warmup_iters=40, checkpoint_every=100),
-    seeds=(0, 1, 2),
+    seeds=(0, 1, 2, 3, 4),
     eval_images=0,
     clip_grad=10.0,
+    roi_canonical_scale=36,  # round(224 * 128 / 800): a 36 px RoI is pooled from P4, an 18 px one from P3
+    retinanet_anchor_sizes=(16, 32, 64, 128, 256),
+    retinanet_head_norm="group",
+    train_hflip=0.5,
+    curve_budgets=(250, 500, 1000, 1500, 2000, 3000, 4000),
 )
 
 # The paper's COCO setting. Schedules from the paper's text (section 5.1); batch sizes are per process,
@@ -233,6 +274,9 @@ PAPER = Profile(
     ),
     seeds=(0,),
     eval_images=0,
+    roi_canonical_scale=224,  # FPN's and torchvision's
+    retinanet_anchor_sizes=(32, 64, 128, 256, 512),  # torchvision's and detectron2's
+    train_hflip=0.5,
 )
 
 # detectron2's 3x schedule for the guide and the target detector (270k, decay at 210k and 250k).

@@ -34,6 +34,11 @@ __all__ = [
     "available_results",
     "invalidate_result",
     "valid_entries",
+    "t_critical",
+    "paired_difference",
+    "aggregate",
+    "update_cell",
+    "merge_entry",
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
@@ -181,3 +186,127 @@ def valid_entries(document: Mapping | None) -> tuple[dict, dict[str, str]]:
         else:
             valid[name] = entry
     return valid, invalid
+
+
+# --------------------------------------------------------------------------------- paired statistics
+
+# Two-sided 95% quantiles of Student's t with df = 1..30 degrees of freedom (standard tables).
+_T95 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t_critical(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the 95% two-sided interval).
+
+    Tabulated for df <= 30; beyond, the Cornish-Fisher expansion around the normal 1.95996
+    (error < 0.001 there).
+    """
+    if df < 1:
+        raise ValueError(f"t_critical needs df >= 1, got {df}")
+    if df <= len(_T95):
+        return _T95[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def paired_difference(rows: Mapping, row: str, baseline: str, iou: str = "bbox", metric: str = "AP") -> dict:
+    """``row`` minus ``baseline`` seed by seed, with the mean and its 95% t-interval.
+
+    Seeds are paired: seed s of every row shares data order and the seed-s baseline, so the
+    per-seed differences carry far less noise than either row's spread.
+
+    Returns:
+        ``{"n", "seeds", "diffs", "mean", "sd", "half_width", "low", "high", "verdict"}``. ``verdict``
+        comes from the interval alone: ``"gain"`` when it lies above 0, ``"loss"`` below 0,
+        ``"no detectable difference (within +-h AP)"`` otherwise; ``"one seed"`` without an interval
+        (n < 2) and ``"no objects"`` when a value is NaN (no such ground truth).
+    """
+    ours, base = rows[row]["per_seed"], rows[baseline]["per_seed"]
+    seeds = sorted((s for s in ours if s in base), key=lambda s: int(s))
+    diffs = [float(ours[s][iou][metric]) - float(base[s][iou][metric]) for s in seeds]
+    out = {"n": len(diffs), "seeds": [int(s) for s in seeds], "diffs": diffs}
+    if any(math.isnan(d) for d in diffs):
+        return {**out, "mean": math.nan, "sd": math.nan, "half_width": math.nan, "low": math.nan,
+                "high": math.nan, "verdict": "no objects"}  # fmt: skip
+    if len(diffs) < 2:
+        mean = diffs[0] if diffs else math.nan
+        return {**out, "mean": mean, "sd": math.nan, "half_width": math.nan, "low": math.nan,
+                "high": math.nan, "verdict": "one seed"}  # fmt: skip
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    h = t_critical(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    low, high = mean - h, mean + h
+    verdict = "gain" if low > 0 else "loss" if high < 0 else f"no detectable difference (within +-{h:.1f} AP)"
+    return {**out, "mean": mean, "sd": sd, "half_width": h, "low": low, "high": high, "verdict": verdict}
+
+
+def aggregate(per_seed: Mapping[str, dict]) -> dict:
+    """Mean and std over seeds for every IoU type and metric of per-seed ``coco_evaluate`` outputs."""
+    first = next(iter(per_seed.values()))
+    return {
+        iou: {k: mean_std([per_seed[s][iou][k] for s in per_seed]) for k in first[iou]}
+        for iou in first
+        if isinstance(first[iou], dict)
+    }
+
+
+def update_cell(
+    profile: str,
+    experiment: str,
+    dataset: str,
+    row: str,
+    seed: int,
+    metrics: dict,
+    cell: dict,
+    comparisons: list[tuple[str, str]] = (),
+    config: dict | None = None,
+    root: Path | None = None,
+) -> Path:
+    """Merge one finished (row, seed) cell into the experiment's result file, at once and atomically.
+
+    The row's ``per_seed[seed]`` gets ``metrics`` and ``cells[seed]`` the cell's record (stage folder,
+    steps, wall time, commit, UTC time, profile fingerprint); the row's ``summary`` (mean and std
+    over its seeds) and every paired comparison ``(row, baseline)`` whose two rows exist are
+    recomputed (:func:`paired_difference`, box and mask AP). Other rows, seeds and datasets are kept;
+    an invalidated entry is started afresh. Safe with several processes (file lock).
+    """
+    path = results_path(profile, experiment, root)
+    with file_lock(path.parent / f".{path.stem}.lock"):
+        document = load_result(profile, experiment, root) or {}
+        datasets = dict(document.get("datasets", {}))
+        entry = datasets.get(dataset, {})
+        if "invalidated" in entry or "rows" not in entry:
+            entry = {"rows": {}}
+        rows = entry["rows"]
+        record = rows.setdefault(row, {"per_seed": {}, "cells": {}})
+        record.setdefault("cells", {})
+        record["per_seed"][str(seed)] = metrics
+        record["cells"][str(seed)] = cell
+        record["summary"] = aggregate(record["per_seed"])
+        entry["comparisons"] = {
+            f"{a} - {b}": {
+                "row": a,
+                "baseline": b,
+                **{iou: paired_difference(rows, a, b, iou) for iou in metrics if iou in ("bbox", "segm")},
+            }
+            for a, b in comparisons
+            if a in rows and b in rows
+        }
+        entry["seeds"] = sorted({int(s) for r in rows.values() for s in r["per_seed"]})
+        entry["config"] = config or entry.get("config", {})
+        entry["wall_time_s"] = sum(c.get("wall_s", 0.0) for r in rows.values() for c in r["cells"].values())
+        entry["provenance"] = provenance()
+        datasets[dataset] = entry
+        return write_result(profile, experiment, {"datasets": datasets}, root)
+
+
+def merge_entry(profile: str, experiment: str, dataset: str, fields: dict, root: Path | None = None) -> Path:
+    """Add (or replace) top-level ``fields`` of one dataset's entry, keeping its rows (file lock)."""
+    path = results_path(profile, experiment, root)
+    with file_lock(path.parent / f".{path.stem}.lock"):
+        document = load_result(profile, experiment, root) or {}
+        datasets = dict(document.get("datasets", {}))
+        datasets[dataset] = {**datasets.get(dataset, {}), **fields}
+        return write_result(profile, experiment, {"datasets": datasets}, root)

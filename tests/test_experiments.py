@@ -8,6 +8,7 @@ import torch
 
 from srfkit.experiments import EXPERIMENTS, run_experiment
 from srfkit.results import RESULTS_DIR, gain_over, load_result, mean_std
+from srfkit.train import read_stage
 
 
 def test_mean_std():
@@ -51,7 +52,12 @@ def test_progressive_writes_rows_per_seed_and_reuses_stages(tmp_path):
     document = json.loads(path.read_text())
     assert path == results / "quick" / "progressive.json"
     entry = document["datasets"]["shapes"]
-    assert set(entry["rows"]) == {"A1", "A2", "A3", "A4", "A5", "A1_matched"}
+    assert set(entry["rows"]) == {"A1", "A2", "A3", "A4", "A5", "A1_matched", "nearest_M"}
+    # Every row carries its paired comparison; the method against the budget match and against nearest_M.
+    assert {"A5 - A1_matched", "A5 - nearest_M", "A2 - A1", "nearest_M - A1_matched"} <= set(entry["comparisons"])
+    assert entry["comparisons"]["A5 - A1_matched"]["bbox"]["verdict"] in ("one seed", "no objects")
+    nearest_m = read_stage(runs / "quick" / "shapes" / "seed0" / "extractor_default_nearest")["config"]
+    assert nearest_m["detector"]["upsampler"]["name"] == "nearest" and nearest_m["srf_gan"] is None
     # The budget control trains the baseline as long as A5's backbone trained: stage 2 + stage 3 steps.
     matched = runs / "quick" / "shapes" / "seed0" / "guide_4steps" / "metrics.jsonl"
     assert len(matched.read_text().splitlines()) == 2 + 2
@@ -61,6 +67,8 @@ def test_progressive_writes_rows_per_seed_and_reuses_stages(tmp_path):
         assert set(row["per_seed"]) == {"0"}
     assert entry["provenance"]["git_commit"] and entry["wall_time_s"] > 0
     assert entry["config"]["options"] == {"iters": 2, "progress": False}
+    cell = entry["rows"]["A5"]["cells"]["0"]
+    assert cell["fingerprint"] == entry["config"]["fingerprint"] and cell["wall_s"] > 0 and cell["git_commit"]
     # Stage folders are shared: a second run trains nothing and reads cached evaluations.
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("final.pt")}
     run_experiment("progressive", "quick", "shapes", runs_root=runs, results_root=results, iters=2, progress=False)
@@ -136,3 +144,57 @@ def test_committed_results_from_before_the_issue_10_fixes_are_marked_invalid():
         for dataset, entry in (document or {}).get("datasets", {}).items():
             if entry["provenance"]["finished_utc"] < "2026-11-30":
                 assert "invalidated" in entry, (name, dataset)
+
+
+def test_paired_difference_gives_the_t_interval_of_the_per_seed_differences():
+    from srfkit.results import paired_difference, t_critical
+
+    rows = _rows(nearest=[47.4, 43.9, 43.4], srf=[57.5, 57.3, 50.3])  # measured at 1500 steps (facts.md)
+    d = paired_difference(rows, "srf", "nearest")
+    assert d["n"] == 3 and d["seeds"] == [0, 1, 2]
+    assert d["mean"] == pytest.approx(10.133, abs=1e-3) and d["sd"] == pytest.approx(3.250, abs=1e-3)
+    assert d["half_width"] == pytest.approx(4.303 * 3.250128 / 3**0.5, abs=1e-3)
+    assert (round(d["low"], 1), round(d["high"], 1)) == (2.1, 18.2) and d["verdict"] == "gain"
+    flat = paired_difference(_rows(nearest=[10.0, 11.0, 12.0], srf=[10.5, 10.5, 12.5]), "srf", "nearest")
+    assert flat["verdict"].startswith("no detectable difference (within +-") and flat["low"] < 0 < flat["high"]
+    worse = paired_difference(_rows(nearest=[10.0, 11.0, 12.0], srf=[8.0, 9.2, 9.9]), "srf", "nearest")
+    assert worse["verdict"] == "loss"
+    assert paired_difference(_rows(nearest=[1.0], srf=[2.0]), "srf", "nearest")["verdict"] == "one seed"
+    assert t_critical(1) == 12.706 and t_critical(30) == 2.042 and 1.983 < t_critical(100) < 1.985
+    with pytest.raises(ValueError):
+        t_critical(0)
+
+
+def test_learning_curve_cells_land_one_by_one_and_resume(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    path = run_experiment("learning_curve", "quick", "shapes", runs_root=runs, results_root=results, progress=False)
+    entry = json.loads(path.read_text())["datasets"]["shapes"]
+    assert list(entry["rows"]) == ["nearest@2", "srf@2", "nearest@4", "srf@4", "nearest@6", "srf@6"]
+    assert entry["rows"]["nearest@4"]["cells"]["0"]["stage"].endswith("curve_nearest/step_000004.pt")
+    assert set(entry["comparisons"]) == {"srf@2 - nearest@2", "srf@4 - nearest@4", "srf@6 - nearest@6"}
+    chain = runs / "quick" / "shapes" / "seed0" / "curve_srf"
+    steps = [json.loads(line)["step"] for line in (chain / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # one chain, trained once through every budget
+    config = json.loads((chain / "config.json").read_text())
+    assert config["schedule"]["milestones"] == [] and config["schedule"]["iters"] == 6
+    # a cell whose result is gone is re-created from its own chain (checkpoints kept), nothing retrained
+    document = json.loads(path.read_text())
+    del document["datasets"]["shapes"]["rows"]["srf@4"]["per_seed"]["0"]
+    path.write_text(json.dumps(document))
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*.pt")}
+    run_experiment("learning_curve", "quick", "shapes", runs_root=runs, results_root=results, progress=False)
+    assert "0" in load_result("quick", "learning_curve", results)["datasets"]["shapes"]["rows"]["srf@4"]["per_seed"]
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*.pt")} == stamps
+
+
+def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, capsys):
+    from srfkit.campaign import plan, remaining, run_campaign
+
+    cells = plan("quick", ["shapes"], ["learning_curve"], {"learning_curve": 1}, tmp_path / "r", tmp_path / "res")
+    assert [pc.cell.row for pc in cells] == ["nearest@2", "srf@2", "nearest@4", "srf@4", "nearest@6", "srf@6"]
+    left, report = remaining(cells)
+    assert len(left) == 6 and "0 of 6 cells done" in report and "no estimate" in report
+    assert run_campaign(cells, worker=1, workers=2) == 0  # seed 0 belongs to worker 0
+    assert run_campaign(cells, worker=0, workers=2, max_hours=0.0) == 1  # stops starting new cells
+    left, report = remaining(cells)
+    assert len(left) == 5 and "1 of 6 cells done" in report and "process-hours left" in report

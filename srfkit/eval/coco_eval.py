@@ -128,7 +128,7 @@ def summarize(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list
     return {name: (math.nan if v < 0 else 100.0 * float(v)) for name, v in zip(METRIC_NAMES, stats)}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def coco_evaluate(
     model: nn.Module,
     dataset: Dataset,
@@ -141,7 +141,7 @@ def coco_evaluate(
 ) -> dict[str, dict[str, float]]:
     """Box (and mask) AP of a torchvision-style detector on a COCO-format dataset.
 
-    The model runs in eval mode (its mode is restored afterwards) under ``torch.no_grad`` on the
+    The model runs in eval mode (its mode is restored afterwards) under ``torch.inference_mode`` on the
     dataset's images in order; its labels are mapped back to the file's category ids; boxes (and
     masks, thresholded at 0.5 and RLE-encoded) are scaled back to each annotated image's size when
     the model saw another size (a dataset transform or ``degrade_scale``); then pycocotools

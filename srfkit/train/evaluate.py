@@ -32,7 +32,13 @@ def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def evaluation_key(
-    stage_dir: Path, dataset: str, split: str, full_resolution: bool, eval_images: int, profile: Profile
+    stage_dir: Path,
+    dataset: str,
+    split: str,
+    full_resolution: bool,
+    eval_images: int,
+    profile: Profile,
+    checkpoint: Path | None = None,
 ) -> dict:
     """Everything that changes a stage's AP (see the module doc); plain JSON values."""
     from ..data import dataset_dir
@@ -47,7 +53,8 @@ def evaluation_key(
         "dataset_build": record,
         "full_resolution": bool(full_resolution),
         "eval_images": int(eval_images),
-        "checkpoint_sha1": file_sha1(stage_dir / FINAL_NAME),
+        "checkpoint": (checkpoint or stage_dir / FINAL_NAME).name,
+        "checkpoint_sha1": file_sha1(checkpoint or stage_dir / FINAL_NAME),
     }
 
 
@@ -63,7 +70,8 @@ def evaluate_stage(
     """COCO AP (box, and mask where the model has masks) of a finished stage's detector.
 
     Args:
-        stage_dir: a finished guide, extractor or target folder (one holding ``final.pt``).
+        stage_dir: a finished guide, extractor or target folder (one holding ``final.pt``), or one
+            checkpoint file inside such a folder (a periodic ``step_*.pt``: learning curves).
         dataset: shipped dataset name (default: the one the stage trained on).
         split: ``val`` (default) or ``train``.
         full_resolution: reset the detector's resize to the stage profile's full size (the extractor
@@ -84,14 +92,15 @@ def evaluate_stage(
 
     stage_dir = Path(stage_dir)
     payload = read_stage(stage_dir)
-    if not stage_dir.is_dir():
-        raise ValueError(f"{stage_dir}: evaluate takes a stage folder, not a checkpoint file")
+    checkpoint = None
+    if not stage_dir.is_dir():  # one checkpoint of a stage folder
+        checkpoint, stage_dir = stage_dir, stage_dir.parent
     profile = load_profile(payload)
     dataset = dataset or payload["config"].get("dataset", {}).get("name")
     if not dataset:
         raise ValueError(f"{stage_dir}: its config names no dataset; pass one (--dataset)")
     eval_images = profile.eval_images if eval_images is None else eval_images
-    key = evaluation_key(stage_dir, dataset, split, full_resolution, eval_images, profile)
+    key = evaluation_key(stage_dir, dataset, split, full_resolution, eval_images, profile, checkpoint)
     cache_file = stage_dir / EVAL_CACHE
     entries = _read_cache(cache_file) if cache else []
     for entry in entries:

@@ -50,6 +50,7 @@ from .common import (
     degrade,
     detector_spec,
     discriminator_loss,
+    discriminator_spec,
     frozen,
     load_detector,
     load_feature_extractor,
@@ -59,6 +60,7 @@ from .common import (
     resize_to_profile,
     resolve_dataset,
     srf_losses,
+    upsampler_spec,
 )
 from .guide import loop_options
 from .loop import Stage, StageResult, seed_everything, train_loop
@@ -185,23 +187,29 @@ def build_extractor(
     profile: Profile,
     data: Dataset,
     arch: str,
-    srf_gan: dict,
+    srf_gan: dict | None,
     guide: dict,
     init_from_guide: bool = False,
     half_size: bool = True,
     weights_backbone: str | Path | None = None,
+    upsampler: str | None = None,
 ) -> tuple[nn.Module, dict]:
-    """M: detector at half size (full size with ``half_size=False``) with stage-1 G as its upsampler.
+    """M: detector at half size (full size with ``half_size=False``) with stage-1 G as its upsampler
+    (or, with ``srf_gan=None``, the registry ``upsampler``: the nearest_M control).
 
     Its other weights start fresh, as in the paper ("the other parameters of the multi-scale SRF
     extractor are initialized"), or, with ``init_from_guide``, its backbone and FPN convs from the
     guide's, pyramid level by level (:func:`~srfkit.detection.transfer_backbone`; never the heads,
     and not the guide's upsampler: M keeps stage 1's G).
     """
-    generator = load_generator(srf_gan).train()
     sizes = dict(image_size=profile.image_size // 2, max_size=(profile.max_size + 1) // 2) if half_size else {}
-    spec = detector_spec(arch, data.num_classes, srf_gan["config"]["generator"], profile, **sizes)
-    model = build_from_spec(spec, upsampler=generator, weights_backbone=weights_backbone)
+    if srf_gan is None:
+        spec = detector_spec(arch, data.num_classes, upsampler_spec(upsampler, profile), profile, **sizes)
+        model = build_from_spec(spec, weights_backbone=weights_backbone)
+    else:
+        generator = load_generator(srf_gan).train()
+        spec = detector_spec(arch, data.num_classes, srf_gan["config"]["generator"], profile, **sizes)
+        model = build_from_spec(spec, upsampler=generator, weights_backbone=weights_backbone)
     if init_from_guide:
         with torch.random.fork_rng(devices=[]):
             guide_model = load_detector(guide)
@@ -217,8 +225,9 @@ def train_extractor(
     resume: bool = False,
     *,
     guide_dir: str | Path,
-    srf_gan_dir: str | Path,
+    srf_gan_dir: str | Path | None,
     arch: str | None = None,
+    upsampler: str | None = None,
     semantic_level: str = "same",
     l1_weight: float = 1.0,
     adv_weight: float = ADV_WEIGHT,
@@ -232,7 +241,9 @@ def train_extractor(
 
     Args:
         guide_dir: finished guide stage (F).
-        srf_gan_dir: finished srf-gan stage (G inside M's FPN, D).
+        srf_gan_dir: finished srf-gan stage (G inside M's FPN, D); ``None`` with ``upsampler``.
+        upsampler: with ``srf_gan_dir=None``, M's FPN upsampler (registry name) and a fresh D: the
+            method without G (the ``nearest_M`` control: same detection and feature losses).
         arch: M's detection head (default: ``mask_rcnn`` if the dataset has masks, else ``faster_rcnn``).
         semantic_level: ``same`` (the method), ``different`` (Table 7's mismatched variant, the paper's
             definition) or ``different_lr`` (see the module doc).
@@ -249,21 +260,28 @@ def train_extractor(
     data = resolve_dataset(dataset, profile, options.get("device"))
     arch = arch or default_arch(data)
     check_arch(arch, data)
-    guide, srf_gan = read_stage(guide_dir), read_stage(srf_gan_dir)
+    if (srf_gan_dir is None) == (upsampler is None):
+        raise ValueError("train_extractor takes either srf_gan_dir (G and D of stage 1) or upsampler (no G)")
+    guide = read_stage(guide_dir)
+    srf_gan = read_stage(srf_gan_dir) if srf_gan_dir is not None else None
     seed_everything(seed)
     if semantic_level not in SEMANTIC_LEVELS:
         raise ValueError(f"unknown semantic_level {semantic_level!r}; valid: {', '.join(SEMANTIC_LEVELS)}")
     if not init_from_guide:  # init_from_guide copies the guide's backbone
         check_backbone_init(profile, weights_backbone)
     half_size = semantic_level != "different"
-    model, spec = build_extractor(profile, data, arch, srf_gan, guide, init_from_guide, half_size, weights_backbone)
-    disc = build_discriminator(srf_gan["config"]["discriminator"])
-    load_module_state(disc, srf_gan["models"]["D"], source=srf_gan_dir)
+    model, spec = build_extractor(
+        profile, data, arch, srf_gan, guide, init_from_guide, half_size, weights_backbone, upsampler
+    )
+    disc_cfg = srf_gan["config"]["discriminator"] if srf_gan else discriminator_spec(profile)
+    disc = build_discriminator(disc_cfg)
+    if srf_gan:
+        load_module_state(disc, srf_gan["models"]["D"], source=srf_gan_dir)
     stage = ExtractorStage(
         model,
         spec,
         disc,
-        srf_gan["config"]["discriminator"],
+        disc_cfg,
         load_feature_extractor(guide),
         profile,
         data,
@@ -274,12 +292,12 @@ def train_extractor(
         degrade_mode=degrade_mode,
         extra={
             "guide": guide["config"]["detector"],
-            "srf_gan": srf_gan["config"]["generator"],
+            "srf_gan": srf_gan["config"]["generator"] if srf_gan else None,
             "init_from_guide": init_from_guide,
         },
         sources={
             "guide": str(guide_dir),
-            "srf_gan": str(srf_gan_dir),
+            "srf_gan": str(srf_gan_dir) if srf_gan_dir else None,
             "weights_backbone": str(weights_backbone) if weights_backbone else None,
         },
     )

@@ -1,0 +1,232 @@
+"""The resumable campaign: every (experiment, row, seed) cell of the cpu results, one at a time.
+
+``python -m srfkit campaign --profile cpu`` plans the cells of the row experiments
+(:data:`srfkit.experiments.ROW_EXPERIMENTS`), seed by seed, skips those already in
+``data/results/<profile>/<experiment>.json`` under the current settings (their fingerprint), trains
+what each remaining cell needs in its own seed's chain of stage folders (reusing the folders that
+exist, re-creating the ones that do not, for example on a new machine), evaluates it and merges it
+into the result file at once (atomically, under a file lock: several processes may run). It prints
+what remains with an estimate from the wall times of the cells finished so far.
+
+One process per core: ``--workers 2 --worker 0`` and ``--workers 2 --worker 1`` split the seeds
+between two processes (seed index modulo workers), so each seed's chain is trained by one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .experiments import EXPERIMENTS as _EXPERIMENTS
+from .experiments import (
+    ROW_EXPERIMENTS,
+    Cell,
+    ExperimentContext,
+    Table,
+    cell_done,
+    run_cell,
+)
+from .profiles import Profile, get_profile
+from .results import RESULTS_DIR, load_result, results_path
+
+__all__ = ["SEED_COUNTS", "PlannedCell", "plan", "remaining", "run_campaign", "configure_parser", "run_from_args"]
+
+# How many of the profile's seeds each experiment gets (issue 11: >= 5 for Tables 4 and 5, >= 3 for the
+# others, >= 2 for the learning curve). The order is the campaign's: the curve decides the regime first.
+SEED_COUNTS: dict[str, int] = {
+    "learning_curve": 2,
+    "progressive": 5,
+    "interpolation": 5,
+    "semantic_level": 3,
+    "degradation": 3,
+    "adversarial_grad": 3,
+    "detectors": 3,
+    "cross_head": 3,
+}
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell with the context and table it belongs to."""
+
+    cell: Cell
+    context: ExperimentContext
+    table: Table
+
+    def done(self) -> bool:
+        document = load_result(self.context.profile.name, self.cell.experiment, self.context.results_root)
+        return cell_done(document, self.cell, self.context.fingerprint)
+
+
+def plan(
+    profile: str | Profile,
+    datasets: list[str],
+    experiments: list[str] | None = None,
+    seed_counts: dict[str, int] | None = None,
+    runs_root: Path = Path("runs"),
+    results_root: Path | None = None,
+    weights_backbone: Path | None = None,
+    **options,
+) -> list[PlannedCell]:
+    """Every cell, ordered seed by seed (then dataset, experiment in :data:`SEED_COUNTS` order, row)."""
+    profile = get_profile(profile)
+    experiments = experiments or [e for e in SEED_COUNTS if e in ROW_EXPERIMENTS]
+    unknown = [e for e in experiments if e not in ROW_EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"not campaign experiments: {', '.join(unknown)}; valid: {', '.join(ROW_EXPERIMENTS)}")
+    counts = {**SEED_COUNTS, **(seed_counts or {})}
+    seeds = sorted({s for e in experiments for s in profile.seeds[: counts.get(e, len(profile.seeds))]})
+    contexts = {
+        (d, e): ExperimentContext(
+            profile,
+            d,
+            tuple(profile.seeds[: counts.get(e, len(profile.seeds))]),
+            Path(runs_root),
+            options,
+            results_root,
+            weights_backbone,
+            e,
+        )
+        for d in datasets
+        for e in experiments
+    }
+    tables = {key: _EXPERIMENTS[key[1]](ctx) for key, ctx in contexts.items()}
+    cells = []
+    for seed in seeds:
+        for d in datasets:
+            for e in experiments:
+                ctx, table = contexts[(d, e)], tables[(d, e)]
+                if seed in ctx.seeds:
+                    cells += [PlannedCell(Cell(e, d, row, seed), ctx, table) for row in table.rows]
+    return cells
+
+
+def remaining(cells: list[PlannedCell]) -> tuple[list[PlannedCell], str]:
+    """The cells still to run and a report: counts per experiment and an estimate of the time left.
+
+    The estimate multiplies the cells left by the mean wall time of the finished cells of the same
+    experiment (all finished cells when an experiment has none yet; none at all says so). Cells
+    share stages, so it is rough: a row that reuses trained stages costs only its own training.
+    """
+    left, walls, lines = [], {}, []
+    for pc in cells:
+        document = load_result(pc.context.profile.name, pc.cell.experiment, pc.context.results_root)
+        if cell_done(document, pc.cell, pc.context.fingerprint):
+            record = document["datasets"][pc.cell.dataset]["rows"][pc.cell.row]["cells"][str(pc.cell.seed)]
+            walls.setdefault(pc.cell.experiment, []).append(float(record.get("wall_s", 0.0)))
+        else:
+            left.append(pc)
+    every = [w for ws in walls.values() for w in ws]
+    total = 0.0
+    for experiment in dict.fromkeys(pc.cell.experiment for pc in cells):
+        n_left = sum(pc.cell.experiment == experiment for pc in left)
+        n_all = sum(pc.cell.experiment == experiment for pc in cells)
+        ref = walls.get(experiment) or every
+        eta = statistics.fmean(ref) * n_left if ref else float("nan")
+        total += eta
+        lines.append(f"  {experiment:<16} {n_all - n_left:>4} done {n_left:>4} left   ~{eta / 3600:6.2f} h")
+    head = f"campaign: {len(cells) - len(left)} of {len(cells)} cells done; about {total / 3600:.1f} process-hours left"
+    if not every:
+        head += " (no cell finished yet: no estimate)"
+    return left, "\n".join([head, *lines])
+
+
+def run_campaign(
+    cells: list[PlannedCell], worker: int = 0, workers: int = 1, commit: bool = False, max_hours: float | None = None
+) -> int:
+    """Run this worker's cells that are not done, in order; returns how many it ran.
+
+    A worker takes the seeds whose index in the profile's seed list is ``worker`` modulo ``workers``.
+    ``commit=True`` commits each result file to git as its cell lands. ``max_hours``: start no new cell
+    once that much wall time has passed (the first cell always runs; a cell in progress finishes).
+    """
+    t0, ran = time.perf_counter(), 0
+    for pc in cells:
+        seeds = pc.context.profile.seeds
+        if seeds.index(pc.cell.seed) % workers != worker or pc.done():
+            continue
+        if ran and max_hours is not None and time.perf_counter() - t0 > max_hours * 3600:
+            break
+        c = pc.cell
+        print(f"[worker {worker}] {c.experiment} / {c.dataset} / {c.row} / seed {c.seed}", flush=True)
+        metrics = run_cell(pc.context, pc.table, c)
+        ran += 1
+        box = metrics["bbox"]["AP"]
+        print(f"[worker {worker}] -> box AP {box:.2f} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+        if commit:
+            path = results_path(pc.context.profile.name, c.experiment, pc.context.results_root)
+            _git_commit(path, f"{pc.context.profile.name} results: {c.experiment} {c.dataset} {c.row} seed {c.seed}")
+    return ran
+
+
+def _git_commit(path: Path, message: str, tries: int = 10) -> None:
+    """Commit one result file (only that path), retrying while another git process holds the index."""
+    for _ in range(tries):
+        run = subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", str(path)],
+            cwd=RESULTS_DIR.parent.parent,
+            capture_output=True,
+            text=True,
+        )
+        if run.returncode == 0 or "nothing" in run.stdout + run.stderr:
+            return
+        if "index.lock" not in run.stderr:
+            subprocess.run(["git", "add", "--", str(path)], cwd=RESULTS_DIR.parent.parent, capture_output=True)
+        time.sleep(3)
+    print(f"campaign: could not commit {path}: {run.stderr.strip()}")
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Options of ``python -m srfkit campaign``."""
+    from .profiles import PROFILES
+
+    p.add_argument("--profile", choices=list(PROFILES), default="cpu", help="sizes and schedules [%(default)s]")
+    p.add_argument("--datasets", default="shapes", help="comma-separated shipped datasets [%(default)s]")
+    p.add_argument(
+        "--only", default=None, help=f"comma-separated experiments [all, in this order: {', '.join(SEED_COUNTS)}]"
+    )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="EXP=N,...",
+        help="seed counts per experiment, e.g. learning_curve=3,progressive=6 [see srfkit.campaign.SEED_COUNTS]",
+    )
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where stage folders go [%(default)s]")
+    p.add_argument("--worker", type=int, default=0, help="this process's index among --workers [%(default)s]")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the campaign (seeds split) [%(default)s]")
+    p.add_argument("--plan", action="store_true", help="print what remains and the estimate, run nothing")
+    p.add_argument("--commit", action="store_true", help="git-commit each result file as its cell lands")
+    p.add_argument("--max-hours", type=float, default=None, help="start no new cell after this many hours")
+    p.add_argument("--weights-backbone", type=Path, metavar="PATH", help="local ResNet state dict (paper profile)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Action of ``python -m srfkit campaign``."""
+    counts = {}
+    for item in filter(None, (args.seeds or "").split(",")):
+        name, _, n = item.partition("=")
+        counts[name] = int(n)
+    cells = plan(
+        args.profile,
+        args.datasets.split(","),
+        args.only.split(",") if args.only else None,
+        counts,
+        runs_root=args.runs,
+        weights_backbone=args.weights_backbone,
+        progress=args.progress,
+    )
+    _, report = remaining(cells)
+    print(report, flush=True)
+    if args.plan:
+        return 0
+    if not 0 <= args.worker < args.workers:
+        raise ValueError(f"--worker {args.worker} is not in 0..{args.workers - 1}")
+    ran = run_campaign(cells, args.worker, args.workers, commit=args.commit, max_hours=args.max_hours)
+    print(f"[worker {args.worker}] ran {ran} cells", flush=True)
+    print(remaining(cells)[1], flush=True)
+    return 0
