@@ -21,7 +21,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from ..models.fpn import SRFFeaturePyramidNetwork
@@ -29,7 +30,16 @@ from ..models.upsamplers import UPSAMPLERS
 from ..profiles import Profile, get_profile
 from .centermask import CenterMask
 
-__all__ = ["ARCHS", "FeatureExtractor", "build_backbone", "build_detector", "get_fpn", "pad_batch"]
+__all__ = [
+    "ARCHS",
+    "FeatureExtractor",
+    "build_backbone",
+    "build_detector",
+    "get_fpn",
+    "pad_batch",
+    "retinanet_anchors",
+    "roi_pooler",
+]
 
 ARCHS = ("mask_rcnn", "faster_rcnn", "retinanet", "fcos", "centermask")
 NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
@@ -43,7 +53,7 @@ FCOS_HEAD_GROUPS = 32  # torchvision's GroupNorm(32, C) in the FCOS head towers
 
 
 def fcos_head_groups(channels: int) -> int:
-    """GroupNorm groups of the FCOS head towers for width ``channels``.
+    """GroupNorm groups of the FCOS head towers (and of RetinaNet's with ``retinanet_head_norm="group"``).
 
     torchvision's 32 groups, or fewer when 32 would leave fewer than two channels per group. With
     one channel per group, a 1x1 level (P6/P7 of a small image) normalises each group over a single
@@ -63,6 +73,35 @@ def _set_head_norm(head: nn.Module, groups: int) -> None:
         for i, layer in enumerate(tower):
             if isinstance(layer, nn.GroupNorm):
                 tower[i] = nn.GroupNorm(groups, layer.num_channels, eps=layer.eps, affine=layer.affine)
+
+
+def retinanet_anchors(profile: Profile) -> AnchorGenerator:
+    """RetinaNet's anchors on P3..P7: per level, base size ``s`` from ``profile.retinanet_anchor_sizes``
+    (``None``: ``2 * profile.anchor_sizes``, srfkit's earlier rule) at scales ``s, int(s * 2^(1/3)),
+    int(s * 2^(2/3))`` (torchvision's rounding) and aspect ratios 0.5, 1, 2: 9 anchors per location."""
+    base = profile.retinanet_anchor_sizes
+    if base is None:
+        base = tuple(2 * s for s in profile.anchor_sizes)
+    sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in base)
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+
+
+def roi_pooler(profile: Profile, output_size: int) -> MultiScaleRoIAlign:
+    """The R-CNN RoI pooler over P2-P5 (``"0".."3"``) with the profile's RoI-to-level rule.
+
+    torchvision's default pooler (sampling ratio 2; output 7 for the box head, 14 for the mask head)
+    except for ``canonical_scale=profile.roi_canonical_scale`` and ``canonical_level=
+    profile.roi_canonical_level``: a RoI of side ``sqrt(area)`` goes to level
+    ``floor(level + log2(sqrt(area) / scale))``, clamped to P2..P5. Its ``map_levels`` is set on the
+    first forward pass.
+    """
+    return MultiScaleRoIAlign(
+        ["0", "1", "2", "3"],
+        output_size,
+        2,
+        canonical_scale=profile.roi_canonical_scale,
+        canonical_level=profile.roi_canonical_level,
+    )
 
 
 def _resnet(profile: Profile, weights_backbone: str | Path | None) -> nn.Module:
@@ -103,11 +142,14 @@ def build_backbone(
     extra_blocks: nn.Module | None = None,
     weights_backbone: str | Path | None = None,
     upsampler_kwargs: dict | None = None,
+    share_upsampler: bool | None = None,
 ) -> BackboneWithFPN:
     """ResNet + SRF FPN. Input (N, 3, H, W); output ``OrderedDict`` of (N, C, H/s, W/s).
 
     With ``returned_layers=(1, 2, 3, 4)`` and the default max-pool extra block the levels are
-    ``"0".."3"`` (P2-P5, strides 4-32) and ``"pool"`` (P6, stride 64).
+    ``"0".."3"`` (P2-P5, strides 4-32) and ``"pool"`` (P6, stride 64). ``share_upsampler``: one
+    upsampler module for every top-down step, or one per step (``None``: the upsampler's own default;
+    see :class:`~srfkit.models.SRFFeaturePyramidNetwork`).
     """
     profile = get_profile(profile)
     body = _resnet(profile, weights_backbone)
@@ -122,6 +164,7 @@ def build_backbone(
         upsampler=upsampler,
         extra_blocks=extra_blocks,
         upsampler_kwargs=upsampler_kwargs,
+        share_upsampler=share_upsampler,
     )
     return backbone
 
@@ -133,6 +176,7 @@ def build_detector(
     profile: str | Profile = "quick",
     weights_backbone: str | Path | None = None,
     upsampler_kwargs: dict | None = None,
+    share_upsampler: bool | None = None,
     **overrides,
 ) -> nn.Module:
     """A torchvision detector whose FPN upsamples with ``upsampler``.
@@ -146,6 +190,8 @@ def build_detector(
         profile: a profile or its name; ``overrides`` replace its fields for this model.
         weights_backbone: optional local file with a ResNet state dict (never downloaded).
         upsampler_kwargs: options of the registry upsampler (e.g. ``{"variant": "released"}``).
+        share_upsampler: one upsampler module for all top-down steps (``True``) or one per step
+            (``False``); ``None``: per step for DySample and CARAFE, shared for the rest.
 
     Returns:
         The detector; ``model.backbone.fpn.upsampler`` is the upsampler module.
@@ -159,16 +205,28 @@ def build_detector(
 
     if arch in ("mask_rcnn", "faster_rcnn"):
         backbone = build_backbone(
-            profile, upsampler, weights_backbone=weights_backbone, upsampler_kwargs=upsampler_kwargs
+            profile,
+            upsampler,
+            weights_backbone=weights_backbone,
+            upsampler_kwargs=upsampler_kwargs,
+            share_upsampler=share_upsampler,
         )
         anchors = AnchorGenerator(
             tuple((s,) for s in profile.anchor_sizes), ((0.5, 1.0, 2.0),) * len(profile.anchor_sizes)
         )
         # Heads sized by the profile; at the paper profile they equal torchvision's defaults.
         c, dim = profile.fpn_channels, profile.box_head_dim
-        heads = dict(box_head=TwoMLPHead(c * 7 * 7, dim), box_predictor=FastRCNNPredictor(dim, num_classes))
+        heads = dict(
+            box_roi_pool=roi_pooler(profile, 7),
+            box_head=TwoMLPHead(c * 7 * 7, dim),
+            box_predictor=FastRCNNPredictor(dim, num_classes),
+        )
         if arch == "mask_rcnn":
-            heads |= dict(mask_head=MaskRCNNHeads(c, (c,) * 4, 1), mask_predictor=MaskRCNNPredictor(c, c, num_classes))
+            heads |= dict(
+                mask_roi_pool=roi_pooler(profile, 14),
+                mask_head=MaskRCNNHeads(c, (c,) * 4, 1),
+                mask_predictor=MaskRCNNPredictor(c, c, num_classes),
+            )
         cls = MaskRCNN if arch == "mask_rcnn" else FasterRCNN
         return cls(
             backbone,
@@ -187,7 +245,9 @@ def build_detector(
 
     # One-stage heads: P3-P7 from C3-C5, P6/P7 computed from P5 (RetinaNet v2 / FCOS style).
     c = profile.fpn_channels
-    if arch in ("fcos", "centermask"):
+    if profile.retinanet_head_norm not in (None, "group"):
+        raise ValueError(f"retinanet_head_norm must be None or 'group', got {profile.retinanet_head_norm!r}")
+    if arch in ("fcos", "centermask") or (arch == "retinanet" and profile.retinanet_head_norm == "group"):
         try:
             groups = fcos_head_groups(c)
         except ValueError as err:
@@ -199,12 +259,21 @@ def build_detector(
         extra_blocks=LastLevelP6P7(c, c),
         weights_backbone=weights_backbone,
         upsampler_kwargs=upsampler_kwargs,
+        share_upsampler=share_upsampler,
     )
     if arch == "retinanet":
-        sizes = tuple((2 * s, int(2 * s * 2 ** (1 / 3)), int(2 * s * 2 ** (2 / 3))) for s in profile.anchor_sizes)
-        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+        anchors = retinanet_anchors(profile)
+        head = None  # torchvision's, built inside RetinaNet
+        if profile.retinanet_head_norm == "group":
+            num_anchors = anchors.num_anchors_per_location()[0]
+            head = RetinaNetHead(c, num_anchors, num_classes, norm_layer=partial(nn.GroupNorm, groups))
         return RetinaNet(
-            backbone, num_classes, anchor_generator=anchors, detections_per_img=profile.detections_per_img, **common
+            backbone,
+            num_classes,
+            anchor_generator=anchors,
+            head=head,
+            detections_per_img=profile.detections_per_img,
+            **common,
         )
     anchors = AnchorGenerator(FCOS_ANCHOR_SIZES, ((1.0,),) * len(FCOS_ANCHOR_SIZES))
     model = (CenterMask if arch == "centermask" else FCOS)(

@@ -1,6 +1,8 @@
-"""Models: the SRF generator, the feature-patch discriminator, upsamplers and the SRF FPN."""
+"""Models: the SRF generator, the feature-patch discriminator, upsamplers (with the ``nearest_conv``
+control) and the SRF FPN."""
 
 from . import peers  # noqa: F401  (registers dysample, dysample_dynamic, carafe)
+from .controls import NearestConv  # (registers nearest_conv)
 from .discriminator import DISCRIMINATOR_HEADS, FeaturePatchDiscriminator
 from .fpn import PerStepUpsampler, SRFFeaturePyramidNetwork
 from .generator import (
@@ -29,6 +31,7 @@ __all__ = [
     "FeaturePatchDiscriminator",
     "GENERATOR_VARIANTS",
     "Interpolation",
+    "NearestConv",
     "PerStepUpsampler",
     "SRFFeaturePyramidNetwork",
     "SRFGenerator",
