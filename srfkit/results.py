@@ -270,7 +270,9 @@ def update_cell(
     steps, wall time, commit, UTC time, profile fingerprint); the row's ``summary`` (mean and std
     over its seeds) and every paired comparison ``(row, baseline)`` whose two rows exist are
     recomputed (:func:`paired_difference`, box and mask AP). Other rows, seeds and datasets are kept;
-    an invalidated entry is started afresh. Safe with several processes (file lock).
+    an invalidated entry is started afresh, and seeds recorded under another settings fingerprint
+    than this cell's (or none: files of before the campaign) are dropped, so a row never mixes two
+    regimes (git history keeps them). Safe with several processes (file lock).
     """
     path = results_path(profile, experiment, root)
     with file_lock(path.parent / f".{path.stem}.lock"):
@@ -279,7 +281,8 @@ def update_cell(
         entry = datasets.get(dataset, {})
         if "invalidated" in entry or "rows" not in entry:
             entry = {"rows": {}}
-        rows = entry["rows"]
+        rows = _drop_stale(entry["rows"], cell.get("fingerprint"))
+        entry["rows"] = rows
         record = rows.setdefault(row, {"per_seed": {}, "cells": {}})
         record.setdefault("cells", {})
         record["per_seed"][str(seed)] = metrics
@@ -310,3 +313,21 @@ def merge_entry(profile: str, experiment: str, dataset: str, fields: dict, root:
         datasets = dict(document.get("datasets", {}))
         datasets[dataset] = {**datasets.get(dataset, {}), **fields}
         return write_result(profile, experiment, {"datasets": datasets}, root)
+
+
+def _drop_stale(rows: dict, fingerprint: str | None) -> dict:
+    """``rows`` without the seeds whose cell record has another fingerprint (rows left empty go too)."""
+    if fingerprint is None:
+        return rows
+    kept = {}
+    for name, record in rows.items():
+        cells = record.get("cells") or {}
+        seeds = [s for s in record.get("per_seed", {}) if (cells.get(s) or {}).get("fingerprint") == fingerprint]
+        if seeds:
+            kept[name] = {
+                **record,
+                "per_seed": {s: record["per_seed"][s] for s in seeds},
+                "cells": {s: cells[s] for s in seeds},
+            }
+            kept[name]["summary"] = aggregate(kept[name]["per_seed"])
+    return kept

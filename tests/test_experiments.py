@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from srfkit.experiments import EXPERIMENTS, run_experiment
-from srfkit.results import RESULTS_DIR, gain_over, load_result, mean_std
+from srfkit.results import RESULTS_DIR, gain_over, load_result, mean_std, update_result
 from srfkit.train import read_stage
 
 
@@ -198,3 +198,19 @@ def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, 
     assert run_campaign(cells, worker=0, workers=2, max_hours=0.0) == 1  # stops starting new cells
     left, report = remaining(cells)
     assert len(left) == 5 and "1 of 6 cells done" in report and "process-hours left" in report
+
+
+def test_a_cell_of_new_settings_drops_the_seeds_of_old_ones(tmp_path):
+    from srfkit.results import update_cell
+
+    metrics = {"bbox": {"AP": 1.0}}
+    update_result("cpu", "progressive", "shapes", {"rows": {"A1": {"per_seed": {"0": metrics}}}}, tmp_path)
+    update_cell("cpu", "progressive", "shapes", "A1", 1, metrics, {"fingerprint": "new"}, root=tmp_path)
+    update_cell("cpu", "progressive", "shapes", "A2", 1, {"bbox": {"AP": 3.0}}, {"fingerprint": "new"},
+                comparisons=[("A2", "A1")], root=tmp_path)  # fmt: skip
+    entry = load_result("cpu", "progressive", tmp_path)["datasets"]["shapes"]
+    assert list(entry["rows"]["A1"]["per_seed"]) == ["1"]  # the pre-campaign seed 0 is gone
+    assert entry["comparisons"]["A2 - A1"]["bbox"]["diffs"] == [2.0]
+    update_cell("cpu", "progressive", "shapes", "A1", 2, metrics, {"fingerprint": "newer"}, root=tmp_path)
+    entry = load_result("cpu", "progressive", tmp_path)["datasets"]["shapes"]
+    assert set(entry["rows"]) == {"A1"} and list(entry["rows"]["A1"]["per_seed"]) == ["2"]
