@@ -13,7 +13,7 @@ from srfkit.models import (
     make_upsampler,
     upsampler_names,
 )
-from srfkit.train.common import build_discriminator
+from srfkit.train.specs import build_discriminator
 
 FIXED = ("nearest", "bilinear", "bicubic")
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import srfkit.data
+from srfkit.detection import pyramid_keys
 from srfkit.profiles import get_profile
 from srfkit.train import (
     CheckpointMismatchError,
@@ -24,9 +25,10 @@ from srfkit.train import (
     train_target,
 )
 from srfkit.train.checkpoint import config_diff, load_checkpoint, load_module_state, save_checkpoint
-from srfkit.train.common import discriminator_widths, pyramid_keys, resize_to_profile
 from srfkit.train.extractor import level_pairs
+from srfkit.train.inputs import resize_to_profile
 from srfkit.train.loop import InfiniteBatchSampler, warmup_multistep
+from srfkit.train.specs import discriminator_widths
 
 QUICK = get_profile("quick")
 FAST = dict(progress=False)

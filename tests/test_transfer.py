@@ -10,10 +10,10 @@ from srfkit.detection import build_detector, get_fpn, pyramid_keys, transfer_bac
 from srfkit.profiles import get_profile
 from srfkit.train import read_stage, train_target
 from srfkit.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from srfkit.train.common import build_from_spec, detector_spec, generator_spec, upsampler_spec
 from srfkit.train.common import pyramid_keys as train_pyramid_keys
 from srfkit.train.extractor import build_extractor
 from srfkit.train.loop import seed_everything
+from srfkit.train.specs import build_from_spec, detector_spec, generator_spec, upsampler_spec
 from srfkit.train.target import build_target
 
 QUICK = get_profile("quick")

@@ -9,11 +9,17 @@ Python API (what the book's chapters call)::
 Each ``train_*`` takes ``(profile, dataset, out_dir, seed=0, resume=False, **stage_options,
 **loop_options)`` and returns a :class:`StageResult`; see the stage modules for their options and
 :class:`LoopOptions` for the loop's.
+
+Modules: ``losses`` (Eq. 1-3), ``adversarial`` (the D-then-G update of stages 1-2), ``specs`` (model specs
+and builders), ``inputs`` (datasets and images), ``prepare`` (the preamble of every ``train_*``),
+``loaders`` (trained modules from stage folders), ``loop`` and ``checkpoint``; ``common`` re-exports the
+helpers under their former import path.
 """
 
 from .checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
-from .common import (
-    discriminator_widths,
+from .extractor import train_extractor
+from .guide import train_guide
+from .loaders import (
     load_detector,
     load_discriminator,
     load_feature_extractor,
@@ -21,16 +27,11 @@ from .common import (
     load_profile,
     read_stage,
 )
-from .extractor import train_extractor
-from .guide import train_guide
 from .loop import LoopOptions, NonFiniteLossError, StageResult, train_loop
 from .pipeline import STAGES, run_pipeline, stage_dirs
+from .specs import discriminator_widths
 from .srf_gan import train_srf_gan
 from .target import train_target
-
-load_guide = load_detector
-load_extractor = load_detector
-load_target = load_detector
 
 __all__ = [
     "CheckpointMismatchError",
@@ -42,12 +43,9 @@ __all__ = [
     "load_checkpoint",
     "load_detector",
     "load_discriminator",
-    "load_extractor",
     "load_feature_extractor",
     "load_generator",
-    "load_guide",
     "load_profile",
-    "load_target",
     "read_stage",
     "run_pipeline",
     "save_checkpoint",

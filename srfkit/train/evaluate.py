@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..profiles import Profile
 from .checkpoint import FINAL_NAME
-from .common import load_detector, load_profile, read_stage
+from .loaders import load_detector, load_profile, read_stage
 
 __all__ = ["EVAL_CACHE", "evaluate_stage", "evaluation_key", "file_sha1"]
 

@@ -32,43 +32,33 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..detection import FeatureExtractor, get_fpn, transfer_backbone
-from ..profiles import Profile, get_profile
+from ..detection import SRF_LEVELS, FeatureExtractor, get_fpn, pyramid_keys, transfer_backbone
+from ..profiles import Profile
+from .adversarial import AdversarialStage, LevelMap
 from .checkpoint import load_module_state
-from .common import (
-    ADV_WEIGHT,
-    PAD_DIVISOR,
-    SRF_LEVELS,
-    LevelMap,
+from .inputs import PAD_DIVISOR, dataset_info, degrade, resize_to_profile
+from .loaders import load_detector, load_feature_extractor, load_generator, read_stage
+from .loop import StageResult, seed_everything, train_loop
+from .losses import ADV_WEIGHT, crop_common
+from .prepare import prepare_stage
+from .specs import (
     build_discriminator,
     build_from_spec,
-    check_arch,
     check_backbone_init,
-    crop_common,
-    dataset_info,
-    default_arch,
-    degrade,
     detector_spec,
-    discriminator_loss,
     discriminator_spec,
-    frozen,
-    load_detector,
-    load_feature_extractor,
-    load_generator,
-    pyramid_keys,
-    read_stage,
-    resize_to_profile,
-    resolve_dataset,
-    srf_losses,
     upsampler_spec,
 )
-from .guide import loop_options
-from .loop import Stage, StageResult, seed_everything, train_loop
 
 __all__ = ["SEMANTIC_LEVELS", "ExtractorStage", "level_pairs", "train_extractor"]
 
 
 SEMANTIC_LEVELS = ("same", "different", "different_lr")
+
+
+def _check_semantic_level(semantic_level: str) -> None:
+    if semantic_level not in SEMANTIC_LEVELS:
+        raise ValueError(f"unknown semantic_level {semantic_level!r}; valid: {', '.join(SEMANTIC_LEVELS)}")
 
 
 def level_pairs(m_keys: dict[int, str], f_keys: dict[int, str], semantic_level: str = "same") -> list[tuple[str, str]]:
@@ -82,7 +72,7 @@ def level_pairs(m_keys: dict[int, str], f_keys: dict[int, str], semantic_level: 
     return [(m_keys[k], f_keys[k + shift]) for k in levels]
 
 
-class ExtractorStage(Stage):
+class ExtractorStage(AdversarialStage):
     """M (detector with G inside its FPN) and D, trained with the integral loss of Eq. (3).
 
     Args:
@@ -113,15 +103,12 @@ class ExtractorStage(Stage):
         extra: dict | None = None,
         sources: dict | None = None,
     ) -> None:
-        super().__init__()
-        if semantic_level not in SEMANTIC_LEVELS:
-            raise ValueError(f"unknown semantic_level {semantic_level!r}; valid: {', '.join(SEMANTIC_LEVELS)}")
+        super().__init__(l1_weight, adv_weight, adversarial_grad, degrade_mode)
+        _check_semantic_level(semantic_level)
         self.modules = {"M": extractor_model, "D": discriminator}
         self.guide, self.profile = guide, profile
         self.frozen = {"F": guide}
-        self.semantic_level, self.l1_weight = semantic_level, l1_weight
-        self.adv_weight, self.adversarial_grad = adv_weight, adversarial_grad
-        self.degrade_mode = degrade_mode
+        self.semantic_level = semantic_level
         self.pairs = level_pairs(pyramid_keys(extractor_model), pyramid_keys(guide), semantic_level)
         self._feats: dict[str, torch.Tensor] = {}
         extractor_model.backbone.register_forward_hook(lambda _m, _i, out: self._feats.update(out))
@@ -132,10 +119,7 @@ class ExtractorStage(Stage):
             "discriminator": discriminator_cfg,
             "semantic_level": semantic_level,
             "level_pairs": self.pairs,
-            "l1_weight": l1_weight,
-            "adv_weight": adv_weight,
-            "adversarial_grad": adversarial_grad,
-            "degrade_mode": degrade_mode,
+            **self.loss_config(),
             **(extra or {}),
         }
         self._sources = sources or {}
@@ -174,12 +158,7 @@ class ExtractorStage(Stage):
                 fake = [upsampler(x) for x in fake]
         pairs = [crop_common(f, r) for f, r in zip(fake, real)]
         fake, real = [p[0] for p in pairs], [p[1] for p in pairs]
-        with ctx.autocast():
-            logits = self.run["D"](real + [f.detach() for f in fake])
-        ctx.update("D", discriminator_loss(logits[: len(real)], logits[len(real) :]))
-        with frozen(self.modules["D"]), ctx.autocast():
-            l1, adv = srf_losses(fake, real, self.modules["D"], self.adversarial_grad)
-        total = sum(det.values()) + self.adv_weight * adv + (self.l1_weight * l1 if self.l1_weight else 0.0)
+        l1, adv, total = self.adversarial_update(ctx, real, fake, base=sum(det.values()))
         ctx.update("M", {**det, "srf_l1": l1, "srf_adv": adv}, total=total)
 
 
@@ -256,17 +235,14 @@ def train_extractor(
             profiles such as ``paper``).
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
-    profile = get_profile(profile)
-    data = resolve_dataset(dataset, profile, options.get("device"))
-    arch = arch or default_arch(data)
-    check_arch(arch, data)
+    setup = prepare_stage(profile, dataset, options, arch)
+    profile, data, arch = setup.profile, setup.data, setup.arch
     if (srf_gan_dir is None) == (upsampler is None):
         raise ValueError("train_extractor takes either srf_gan_dir (G and D of stage 1) or upsampler (no G)")
     guide = read_stage(guide_dir)
     srf_gan = read_stage(srf_gan_dir) if srf_gan_dir is not None else None
     seed_everything(seed)
-    if semantic_level not in SEMANTIC_LEVELS:
-        raise ValueError(f"unknown semantic_level {semantic_level!r}; valid: {', '.join(SEMANTIC_LEVELS)}")
+    _check_semantic_level(semantic_level)
     if not init_from_guide:  # init_from_guide copies the guide's backbone
         check_backbone_init(profile, weights_backbone)
     half_size = semantic_level != "different"
@@ -301,4 +277,4 @@ def train_extractor(
             "weights_backbone": str(weights_backbone) if weights_backbone else None,
         },
     )
-    return train_loop(stage, data, out_dir, profile.extractor, seed, resume, loop_options(profile, options))
+    return train_loop(stage, data, out_dir, profile.extractor, seed, resume, setup.loop)

@@ -12,20 +12,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..detection import get_fpn
-from ..profiles import Profile, get_profile
-from .common import (
-    build_from_spec,
-    check_arch,
-    check_backbone_init,
-    dataset_info,
-    default_arch,
-    detector_spec,
-    resolve_dataset,
-    upsampler_spec,
-)
-from .loop import LoopOptions, Stage, StageResult, seed_everything, train_loop
+from ..profiles import Profile
+from .inputs import dataset_info
+from .loop import Stage, StageResult, seed_everything, train_loop
+from .prepare import prepare_stage
+from .specs import build_from_spec, check_backbone_init, detector_spec, upsampler_spec
 
-__all__ = ["DetectorStage", "train_guide", "loop_options"]
+__all__ = ["DetectorStage", "train_guide"]
 
 
 class DetectorStage(Stage):
@@ -33,7 +26,7 @@ class DetectorStage(Stage):
 
     Args:
         name: stage name (``guide`` or ``target``).
-        detector: the model; ``spec``: its :func:`~srfkit.train.common.detector_spec`.
+        detector: the model; ``spec``: its :func:`~srfkit.train.specs.detector_spec`.
         freeze_upsampler: keep the FPN upsampler's weights fixed and in eval mode (Table 4, A4).
         extra: more config entries (compared on resume); ``sources``: input folders (not compared).
     """
@@ -81,19 +74,6 @@ class DetectorStage(Stage):
         ctx.update("detector", losses)
 
 
-def loop_options(profile: Profile, options: dict) -> LoopOptions:
-    """:class:`LoopOptions` from keyword options (unknown names raise ``TypeError``).
-
-    Unset ``num_workers`` and ``clip_grad`` come from the profile (``clip_grad=None`` disables clipping).
-    """
-    opts = LoopOptions(**options)
-    if "clip_grad" not in options:
-        opts.clip_grad = profile.clip_grad
-    if opts.num_workers is None:
-        opts.num_workers = profile.num_workers
-    return opts
-
-
 def train_guide(
     profile: str | Profile,
     dataset: str | Dataset,
@@ -117,13 +97,11 @@ def train_guide(
             required, by profiles with ``norm="frozen"``, such as ``paper``).
         **options: :class:`~srfkit.train.loop.LoopOptions` fields (``iters``, ``clip_grad``, ``device``, ...).
     """
-    profile = get_profile(profile)
-    data = resolve_dataset(dataset, profile, options.get("device"))
-    arch = arch or default_arch(data)
-    check_arch(arch, data)
+    setup = prepare_stage(profile, dataset, options, arch)
+    profile, data = setup.profile, setup.data
     check_backbone_init(profile, weights_backbone)
     seed_everything(seed)
-    spec = detector_spec(arch, data.num_classes, upsampler_spec(upsampler, profile), profile)
+    spec = detector_spec(setup.arch, data.num_classes, upsampler_spec(upsampler, profile), profile)
     stage = DetectorStage(
         "guide",
         build_from_spec(spec, weights_backbone=weights_backbone),
@@ -131,4 +109,4 @@ def train_guide(
         data,
         sources={"weights_backbone": str(weights_backbone) if weights_backbone else None},
     )
-    return train_loop(stage, data, out_dir, profile.guide, seed, resume, loop_options(profile, options))
+    return train_loop(stage, data, out_dir, profile.guide, seed, resume, setup.loop)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..data.coco import collate_train
 from ..filelock import file_lock
-from ..profiles import Schedule
+from ..profiles import Profile, Schedule
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     checkpoint_path,
@@ -56,6 +56,7 @@ __all__ = [
     "StepContext",
     "InfiniteBatchSampler",
     "decay_groups",
+    "loop_options",
     "norm_parameter_ids",
     "seed_everything",
     "summarize_metrics",
@@ -117,6 +118,19 @@ class LoopOptions:
         names = ("iters", "batch_size", "lr", "warmup_iters", "checkpoint_every")
         changes = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         return dataclasses.replace(base, **changes)
+
+
+def loop_options(profile: Profile, options: dict) -> LoopOptions:
+    """:class:`LoopOptions` from keyword options (unknown names raise ``TypeError``).
+
+    Unset ``num_workers`` and ``clip_grad`` come from the profile (``clip_grad=None`` disables clipping).
+    """
+    opts = LoopOptions(**options)
+    if "clip_grad" not in options:
+        opts.clip_grad = profile.clip_grad
+    if opts.num_workers is None:
+        opts.num_workers = profile.num_workers
+    return opts
 
 
 @dataclass

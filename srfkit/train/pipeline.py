@@ -7,9 +7,9 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from ..profiles import Profile, get_profile
-from .common import resolve_dataset
 from .extractor import train_extractor
 from .guide import train_guide
+from .inputs import resolve_dataset
 from .loop import StageResult
 from .srf_gan import train_srf_gan
 from .target import train_target

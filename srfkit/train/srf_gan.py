@@ -21,35 +21,20 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..detection import FeatureExtractor
-from ..profiles import Profile, get_profile
-from .common import (
-    ADV_WEIGHT,
-    PAD_DIVISOR,
-    SRF_LEVELS,
-    LevelMap,
-    build_discriminator,
-    build_upsampler,
-    dataset_info,
-    degrade,
-    discriminator_loss,
-    discriminator_spec,
-    frozen,
-    generator_spec,
-    load_feature_extractor,
-    pyramid_keys,
-    read_stage,
-    resize_to_profile,
-    resolve_dataset,
-    srf_losses,
-)
-from .guide import loop_options
-from .loop import Stage, StageResult, seed_everything, train_loop
+from ..detection import SRF_LEVELS, FeatureExtractor, pyramid_keys, srf_level_keys
+from ..profiles import Profile
+from .adversarial import AdversarialStage, LevelMap
+from .inputs import PAD_DIVISOR, dataset_info, degrade, resize_to_profile
+from .loaders import load_feature_extractor, read_stage
+from .loop import StageResult, seed_everything, train_loop
+from .losses import ADV_WEIGHT
+from .prepare import prepare_stage
+from .specs import build_discriminator, build_upsampler, discriminator_spec, generator_spec
 
 __all__ = ["SRFGANStage", "train_srf_gan"]
 
 
-class SRFGANStage(Stage):
+class SRFGANStage(AdversarialStage):
     """G and D of SRF-GAN over a frozen feature extractor F.
 
     Args:
@@ -79,24 +64,19 @@ class SRFGANStage(Stage):
         guide_config: dict | None = None,
         sources: dict | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(l1_weight, adv_weight, adversarial_grad, degrade_mode)
         self.modules = {"G": generator, "D": discriminator}
         self.extractor, self.profile = extractor, profile
         self.frozen = {"F": extractor}
-        self.l1_weight, self.adv_weight, self.adversarial_grad = l1_weight, adv_weight, adversarial_grad
-        self.degrade_mode = degrade_mode
-        keys = pyramid_keys(extractor)
-        self.keys = [keys[k] for k in SRF_LEVELS if k in keys]
+        self.keys = srf_level_keys(extractor)
+        levels = pyramid_keys(extractor)
         self._config = {
             "profile": profile.to_dict(),
             "dataset": dataset_info(dataset),
             "generator": generator_cfg,
             "discriminator": discriminator_spec(profile),
-            "l1_weight": l1_weight,
-            "adv_weight": adv_weight,
-            "adversarial_grad": adversarial_grad,
-            "degrade_mode": degrade_mode,
-            "levels": [k for k in SRF_LEVELS if k in keys],
+            **self.loss_config(),
+            "levels": [k for k in SRF_LEVELS if k in levels],
             "guide": guide_config,
         }
         self._sources = sources or {}
@@ -127,13 +107,7 @@ class SRFGANStage(Stage):
         g_trains = self.l1_weight != 0 or self.adversarial_grad
         with ctx.autocast(), torch.set_grad_enabled(g_trains):
             fake = self.run["G"](inputs, [tuple(r.shape[-2:]) for r in real])
-        with ctx.autocast():
-            logits = self.run["D"](real + [f.detach() for f in fake])
-        ctx.update("D", discriminator_loss(logits[: len(real)], logits[len(real) :]))
-        d = self.modules["D"]
-        with frozen(d), ctx.autocast():
-            l1, adv = srf_losses(fake, real, d, self.adversarial_grad)
-        total = self.adv_weight * adv + (self.l1_weight * l1 if self.l1_weight else 0.0)
+        l1, adv, total = self.adversarial_update(ctx, real, fake)
         ctx.update("G", {"g_l1": l1, "g_adv": adv}, total=total)
 
 
@@ -164,8 +138,8 @@ def train_srf_gan(
         degrade_mode: interpolation of the degradation function (Table 6).
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
-    profile = get_profile(profile)
-    data = resolve_dataset(dataset, profile, options.get("device"))
+    setup = prepare_stage(profile, dataset, options, detector=False)
+    profile, data = setup.profile, setup.data
     guide = read_stage(guide_dir)
     seed_everything(seed)
     spec = generator_spec(profile.fpn_channels, variant, num_blocks)
@@ -183,4 +157,4 @@ def train_srf_gan(
         guide_config=guide["config"]["detector"],
         sources={"guide": str(guide_dir)},
     )
-    return train_loop(stage, data, out_dir, profile.srf_gan, seed, resume, loop_options(profile, options))
+    return train_loop(stage, data, out_dir, profile.srf_gan, seed, resume, setup.loop)

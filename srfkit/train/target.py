@@ -24,21 +24,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..detection import transfer_backbone
-from ..profiles import Profile, get_profile
-from .common import (
-    build_from_spec,
-    check_arch,
-    check_backbone_init,
-    default_arch,
-    detector_spec,
-    load_detector,
-    load_generator,
-    read_stage,
-    resolve_dataset,
-    upsampler_spec,
-)
-from .guide import DetectorStage, loop_options
+from ..profiles import Profile
+from .guide import DetectorStage
+from .loaders import load_detector, load_generator, read_stage
 from .loop import StageResult, seed_everything, train_loop
+from .prepare import prepare_stage
+from .specs import build_from_spec, check_backbone_init, detector_spec, upsampler_spec
 
 __all__ = ["train_target", "build_target", "REUSE"]
 
@@ -85,10 +76,8 @@ def train_target(
             required by ``norm="frozen"`` profiles such as ``paper``; with ``M`` the backbone is M's).
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
-    profile = get_profile(profile)
-    data = resolve_dataset(dataset, profile, options.get("device"))
-    arch = arch or default_arch(data)
-    check_arch(arch, data)
+    setup = prepare_stage(profile, dataset, options, arch)
+    profile, data, arch = setup.profile, setup.data, setup.arch
     source = _source(reuse, srf_gan_dir, extractor_dir)
     payload = read_stage(source) if source is not None else None
     if reuse != "M":
@@ -105,7 +94,7 @@ def train_target(
         extra={"reuse": reuse, "reused_from": payload["stage"] if payload else None, "reused": loaded},
         sources={"reuse_from": str(source) if source else None, "weights_backbone": str(weights) if weights else None},
     )
-    return train_loop(stage, data, out_dir, profile.target, seed, resume, loop_options(profile, options))
+    return train_loop(stage, data, out_dir, profile.target, seed, resume, setup.loop)
 
 
 def build_target(
@@ -121,7 +110,7 @@ def build_target(
 
     Args:
         reuse: ``G``, ``M`` or ``none`` (see the module doc); ``payload``: the stage G or M comes from
-            (:func:`~srfkit.train.common.read_stage`), ``None`` for ``none``.
+            (:func:`~srfkit.train.loaders.read_stage`), ``None`` for ``none``.
         upsampler: T's upsampler when ``reuse="none"``.
         weights_backbone: a local ResNet state dict for T's backbone (not with ``M``).
 
