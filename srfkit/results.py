@@ -21,6 +21,7 @@ import torch
 
 from .fileio import write_json
 from .filelock import file_lock
+from .paths import repo_root
 
 __all__ = [
     "RESULTS_DIR",
@@ -41,7 +42,7 @@ __all__ = [
     "merge_entry",
 ]
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
+RESULTS_DIR = (repo_root() or Path.cwd()) / "data" / "results"  # outside a checkout: under the working directory
 
 
 def results_path(profile: str, experiment: str, root: Path | None = None) -> Path:

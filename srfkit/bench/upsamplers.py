@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import srfkit.models.peers  # noqa: F401  (registers dysample, dysample_dynamic, carafe)
+from srfkit.eval.cost import count_parameters
 from srfkit.fileio import write_json
 from srfkit.models import make_upsampler, upsampler_names
 
@@ -47,7 +48,7 @@ def step_sizes(image_size: int) -> list[tuple[int, int]]:
 
 def n_params(module: nn.Module) -> int:
     """Trainable parameters (buffers such as DySample's fixed positions excluded)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return count_parameters(module, trainable_only=True)
 
 
 def benchmark(

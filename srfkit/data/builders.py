@@ -44,6 +44,7 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from ..filelock import file_lock
+from ..paths import repo_root
 from ..profiles import Profile, get_profile
 from .coco import AnnotationFileError, CocoDetection, decode_rle
 
@@ -143,8 +144,8 @@ def data_root(root: str | Path | None = None) -> Path:
     env = os.environ.get("SRFKIT_DATA_DIR")
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "data").is_dir() and (repo / "srfkit").is_dir():
+    repo = repo_root()
+    if repo is not None:
         return repo / "data" / "build"
     return Path.home() / ".cache" / "srfkit" / "data"
 

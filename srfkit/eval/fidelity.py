@@ -47,16 +47,19 @@ def _stack(images: Tensor | Sequence[Tensor]) -> Tensor:
     return torch.stack(images)
 
 
+def _psnr(mse: float, peak: float) -> float:
+    """``10 log10(peak^2 / MSE)`` in dB; ``inf`` when ``mse`` is 0, ``-inf`` when ``peak`` is 0 (and ``mse`` is not)."""
+    return math.inf if mse == 0 else (10.0 * math.log10(peak**2 / mse) if peak > 0 else -math.inf)
+
+
 def fidelity_metrics(upsampled: Tensor, target: Tensor) -> dict[str, float]:
     """L1, PSNR (peak = max |target|) and mean cosine over positions of two (N, C, H, W) maps."""
     if upsampled.shape != target.shape:
         raise ValueError(f"shapes differ: {tuple(upsampled.shape)} vs {tuple(target.shape)}")
     diff = upsampled.float() - target.float()
     mse = float(diff.pow(2).mean())
-    peak = float(target.abs().max())
-    psnr = math.inf if mse == 0 else (10.0 * math.log10(peak**2 / mse) if peak > 0 else -math.inf)
     cosine = float(F.cosine_similarity(upsampled.float(), target.float(), dim=1, eps=1e-8).mean())
-    return {"l1": float(diff.abs().mean()), "psnr": psnr, "cosine": cosine}
+    return {"l1": float(diff.abs().mean()), "psnr": _psnr(mse, float(target.abs().max())), "cosine": cosine}
 
 
 @torch.no_grad()
@@ -122,8 +125,6 @@ def feature_fidelity(
             m.train(training)
     out = {}
     for name, acc in sums.items():
-        mse = acc["sq"] / acc["n"]
-        peak = acc["peak"]
-        psnr = math.inf if mse == 0 else (10.0 * math.log10(peak**2 / mse) if peak > 0 else -math.inf)
-        out[name] = {"l1": acc["abs"] / acc["n"], "psnr": psnr, "cosine": acc["cos"] / acc["pos"]}
+        db = _psnr(acc["sq"] / acc["n"], acc["peak"])
+        out[name] = {"l1": acc["abs"] / acc["n"], "psnr": db, "cosine": acc["cos"] / acc["pos"]}
     return out

@@ -50,8 +50,9 @@ def profile_name(default: str = "quick") -> str:
 
 def repo_root() -> Path:
     """The srfkit checkout (where ``pyproject.toml`` lives), else the working directory."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+    from ..paths import repo_root as checkout
+
+    return checkout() or Path.cwd()
 
 
 def runs_root() -> Path:
