@@ -40,6 +40,7 @@ __all__ = [
     "aggregate",
     "update_cell",
     "merge_entry",
+    "plateau",
 ]
 
 RESULTS_DIR = (repo_root() or Path.cwd()) / "data" / "results"  # outside a checkout: under the working directory
@@ -332,3 +333,33 @@ def _drop_stale(rows: dict, fingerprint: str | None) -> dict:
             }
             kept[name]["summary"] = aggregate(kept[name]["per_seed"])
     return kept
+
+
+def plateau(entry: Mapping, row_prefix: str = "nearest", tolerance: float = 2.0, iou: str = "bbox") -> dict:
+    """Where a learning curve of a result entry (rows ``<prefix>@<steps>``) reaches its plateau.
+
+    Returns ``{"budgets", "means", "best", "first_within"}``: the measured budgets and mean APs over
+    seeds, the best mean, and the smallest budget whose mean is within ``tolerance`` AP of the best
+    (``None`` without rows). The best is the best *measured so far*: a curve still rising at its
+    last budget has no plateau yet, which ``"rising"`` says (the last step gained more than
+    ``tolerance``).
+    """
+    points = []
+    for name, record in entry.get("rows", {}).items():
+        prefix, _, steps = name.partition("@")
+        if prefix == row_prefix and record.get("per_seed"):
+            values = [float(v[iou]["AP"]) for v in record["per_seed"].values()]
+            points.append((int(steps), statistics.fmean(values)))
+    points.sort()
+    if not points:
+        return {"budgets": [], "means": [], "best": None, "first_within": None, "rising": None}
+    best = max(m for _, m in points)
+    first = next(b for b, m in points if m >= best - tolerance)
+    rising = len(points) > 1 and points[-1][1] - points[-2][1] > tolerance
+    return {
+        "budgets": [b for b, _ in points],
+        "means": [m for _, m in points],
+        "best": best,
+        "first_within": first,
+        "rising": rising,
+    }

@@ -214,3 +214,19 @@ def test_a_cell_of_new_settings_drops_the_seeds_of_old_ones(tmp_path):
     update_cell("cpu", "progressive", "shapes", "A1", 2, metrics, {"fingerprint": "newer"}, root=tmp_path)
     entry = load_result("cpu", "progressive", tmp_path)["datasets"]["shapes"]
     assert set(entry["rows"]) == {"A1"} and list(entry["rows"]["A1"]["per_seed"]) == ["2"]
+
+
+def test_plateau_reads_the_first_budget_within_tolerance_of_the_best():
+    from srfkit.results import plateau
+
+    def row(*aps):
+        return {"per_seed": {str(s): {"bbox": {"AP": ap}} for s, ap in enumerate(aps)}}
+
+    entry = {"rows": {"nearest@250": row(4, 6), "nearest@1000": row(30, 32), "nearest@2000": row(40, 42),
+                      "nearest@4000": row(42, 42), "srf@250": row(50, 50)}}  # fmt: skip
+    p = plateau(entry)
+    assert p["budgets"] == [250, 1000, 2000, 4000] and p["means"] == [5.0, 31.0, 41.0, 42.0]
+    assert p["best"] == 42.0 and p["first_within"] == 2000 and p["rising"] is False
+    entry["rows"]["nearest@4000"] = row(50, 50)
+    assert plateau(entry)["rising"] is True and plateau(entry)["first_within"] == 4000
+    assert plateau({"rows": {}})["first_within"] is None

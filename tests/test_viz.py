@@ -202,23 +202,55 @@ def test_tables_paper_beside_ours():
     assert "12.5" not in empty and empty.count(">-</td>") >= 8
 
 
-def test_gain_rows_pair_each_row_with_its_baseline():
-    from srfkit.viz.book import gain_rows, gain_table
+def test_comparisons_pair_each_row_with_its_baseline_seed_by_seed():
+    from srfkit.viz.book import comparisons, forest_plot, paired_rows, paired_table
 
     def seeds(*aps):
-        return {s: {"bbox": {"AP": ap}} for s, ap in enumerate(aps)}
+        return {str(s): {"bbox": {"AP": ap}} for s, ap in enumerate(aps)}
 
     rows = {
         "A1": {"per_seed": seeds(10, 11, 12)},
-        "A2": {"per_seed": seeds(16, 17, 18)},
+        "A2": {"per_seed": seeds(16, 17.5, 18)},
         "A3": {"per_seed": seeds(2, 3, 4)},
+        "A4": {"per_seed": seeds(10.5, 10.5, 12.5)},
     }
     doc = {"datasets": {"trees": {"rows": rows}}}
-    got = gain_rows(doc, "trees", lambda row: "A1")
-    assert got == [["A2", "A1", 6.0, 1.0, 3, "gain"], ["A3", "A1", -8.0, 1.0, 3, "loss"]]
-    assert gain_rows(doc, "trees", lambda row: None) == []
-    assert gain_rows(doc, "trees", lambda row: "A1", iou="segm") == []  # no mask AP in these rows
-    assert "6.00" in gain_table(doc, "trees", lambda row: "A1").data
+    got = comparisons(doc, "trees", lambda row: "A1")
+    assert list(got) == ["A2 - A1", "A3 - A1", "A4 - A1"]
+    assert got["A2 - A1"]["diffs"] == [6.0, 6.5, 6.0] and got["A2 - A1"]["verdict"] == "gain"
+    assert got["A3 - A1"]["verdict"] == "loss"
+    assert got["A4 - A1"]["verdict"].startswith("no detectable difference (within +-")
+    assert comparisons(doc, "trees", lambda row: None) == {}
+    assert comparisons(doc, "trees", lambda row: "A1", iou="segm") == {}  # no mask AP in these rows
+    table = paired_rows(got)
+    assert table[0][:2] == ["A2 - A1", 3] and table[0][2] == pytest.approx(6.1667, abs=1e-3)
+    assert "6.17" in paired_table(got).data and "t-interval" in paired_table(got).data
+    # stored comparisons (written by the runner) win over recomputation
+    doc["datasets"]["trees"]["comparisons"] = {"A2 - A1": {"row": "A2", "baseline": "A1", "bbox": got["A3 - A1"]}}
+    assert comparisons(doc, "trees", lambda row: "A1")["A2 - A1"]["verdict"] == "loss"
+    fig = forest_plot(got)
+    assert len(fig.axes[0].get_yticklabels()) == 3 and "A2 - A1 (n=3)" in [
+        t.get_text() for t in fig.axes[0].get_yticklabels()
+    ]
+
+
+def test_curve_figure_and_scale_note():
+    from srfkit.viz.book import curve_figure, scale_note
+
+    def seeds(*aps):
+        return {str(s): {"bbox": {"AP": ap}} for s, ap in enumerate(aps)}
+
+    rows = {"nearest@100": {"per_seed": seeds(1, 2), "summary": {"bbox": {"AP": {"mean": 1.5, "std": 0.7, "n": 2}}}},
+            "srf@100": {"per_seed": seeds(2, 4)},
+            "nearest@200": {"per_seed": seeds(5, 6)},
+            "srf@200": {"per_seed": seeds(7, 7)}}  # fmt: skip
+    doc = {"profile": "cpu", "datasets": {"shapes": {"rows": rows, "config": {"profile": {"guide": {"iters": 300}}}}}}
+    fig = curve_figure(doc, "shapes")
+    left, right = fig.axes
+    assert len(left.lines) == 2 * (2 + 1)  # per upsampler: two seeds and the mean
+    assert [tuple(line.get_xdata()) for line in left.lines][2] == (100, 200)
+    note = scale_note(doc, "shapes", "nearest@100")
+    assert "`cpu` profile" in note and "300 steps" in note and "1.5 ± 0.7 box AP over 2 seeds" in note
 
 
 def test_fidelity_rows_mean_over_seeds():

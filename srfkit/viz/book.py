@@ -34,11 +34,16 @@ __all__ = [
     "fmt",
     "result_rows",
     "result_source",
-    "gain_rows",
-    "gain_table",
+    "comparisons",
+    "paired_rows",
+    "paired_table",
+    "forest_plot",
+    "scale_note",
+    "val_objects",
+    "curve_figure",
     "paper_vs_ours",
     "plot_paper_vs_ours",
-    "paper_headline",
+    "fidelity_gains",
     "fidelity_rows",
 ]
 
@@ -238,34 +243,145 @@ def result_source(doc: Mapping, path: str | Path | None = None) -> str:
     )
 
 
-def gain_rows(doc: Mapping, dataset: str, baseline_of: Callable[[str], str | None], iou: str = "bbox") -> list[list]:
-    """Rows ``[row, baseline, gain, spread, seeds, verdict]`` of :func:`srfkit.results.gain_over`
-    for every row of ``doc``'s ``dataset`` entry that ``baseline_of(row)`` pairs with a baseline
-    (rows it maps to ``None``, or to a row the file lacks, are left out). AP points."""
-    from ..results import gain_over
+def comparisons(
+    doc: Mapping, dataset: str, baseline_of: Callable[[str], str | None] | None = None, iou: str = "bbox"
+) -> dict[str, dict]:
+    """Paired comparisons of a result entry: ``{"row - baseline": paired_difference(...)}``.
 
-    rows = doc.get("datasets", {}).get(dataset, {}).get("rows", {})
-    out = []
+    The runner stores them (``entry["comparisons"]``); for a file without them, ``baseline_of(row)``
+    names each row's baseline (rows it maps to ``None``, to themselves or to a missing row are left
+    out) and the differences are computed here with :func:`srfkit.results.paired_difference`.
+    """
+    from ..results import paired_difference
+
+    entry = doc.get("datasets", {}).get(dataset, {})
+    rows = entry.get("rows", {})
+    stored = entry.get("comparisons")
+    if stored:
+        return {name: c[iou] for name, c in stored.items() if iou in c}
+    out = {}
     for name in rows:
-        base = baseline_of(name)
+        base = baseline_of(name) if baseline_of else None
         if base is None or base == name or base not in rows:
             continue
         if iou not in next(iter(rows[name]["per_seed"].values()), {}):
             continue
-        g = gain_over(rows, name, base, iou=iou)
-        out.append([name, base, g["gain"], g["spread"], g["n"], g["verdict"]])
+        out[f"{name} - {base}"] = paired_difference(rows, name, base, iou=iou)
     return out
 
 
-def gain_table(doc: Mapping, dataset: str, baseline_of: Callable[[str], str | None], iou: str = "bbox"):
-    """:func:`gain_rows` as an HTML table."""
+def _interval(c: Mapping) -> str:
+    return "-" if not math.isfinite(c.get("low", math.nan)) else f"{c['low']:+.2f} to {c['high']:+.2f}"
+
+
+def paired_rows(compared: Mapping[str, Mapping]) -> list[list]:
+    """Rows ``[comparison, seeds, mean difference, 95% interval, verdict]`` of :func:`comparisons`."""
+    return [[name, c["n"], c["mean"], _interval(c), c["verdict"]] for name, c in compared.items()]
+
+
+def paired_table(compared: Mapping[str, Mapping], caption: str = "", iou: str = "bbox"):
+    """:func:`paired_rows` as an HTML table (AP points; verdicts from the interval alone)."""
     kind = {"bbox": "box", "segm": "mask"}[iou]
     return html_table(
-        ["row", "against", f"{kind} AP gain", "seed spread (larger std)", "seeds", "verdict (gain vs 2 x spread)"],
-        gain_rows(doc, dataset, baseline_of, iou),
-        caption=f"Our {kind} AP gains on {dataset}, read against the seed-to-seed spread",
+        ["comparison (row - baseline)", "paired seeds", f"mean {kind} AP difference", "95% t-interval", "verdict"],
+        paired_rows(compared),
+        caption=caption,
         digits=2,
     )
+
+
+def forest_plot(compared: Mapping[str, Mapping], title: str = "", iou: str = "bbox") -> Figure:
+    """One row per comparison: the mean paired difference and its 95% t-interval, a line at 0.
+
+    Comparisons with one seed show the point alone (no interval); NaN ones are left out.
+    """
+    items = [(name, c) for name, c in compared.items() if math.isfinite(c.get("mean", math.nan))]
+    fig = Figure(figsize=(7.5, 0.45 * max(len(items), 1) + 1.0), layout="constrained")
+    ax = fig.subplots()
+    for y, (_, c) in enumerate(reversed(items)):
+        color = {"gain": "tab:green", "loss": "tab:red"}.get(c["verdict"], "0.35")
+        if math.isfinite(c.get("low", math.nan)):
+            ax.errorbar(c["mean"], y, xerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt="o",
+                        color=color, capsize=3)  # fmt: skip
+        else:
+            ax.plot(c["mean"], y, "o", mfc="white", color=color)
+    ax.axvline(0, color="0.5", lw=0.8)
+    ax.set_yticks(range(len(items)), [f"{n} (n={c['n']})" for n, c in reversed(items)], fontsize=8)
+    ax.set_xlabel(f"{'box' if iou == 'bbox' else 'mask'} AP difference, paired by seed (mean, 95% t-interval)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title or "paired differences (green: gain, red: loss, grey: no detectable difference)", fontsize=9)
+    return fig
+
+
+def scale_note(doc: Mapping, dataset: str, baseline: str, steps: int | None = None) -> str:
+    """One Markdown line with the scale behind a table: profile, steps, the baseline's AP, objects.
+
+    ``steps``: optimiser steps of the baseline (default: the guide schedule of the file's profile).
+    The validation object count comes from the dataset build of that profile when it is built here.
+    """
+    entry = doc.get("datasets", {}).get(dataset, {})
+    profile = doc.get("profile", "?")
+    config = entry.get("config", {}).get("profile") or {}
+    steps = steps or (config.get("guide") or {}).get("iters")
+    base = entry.get("rows", {}).get(baseline, {}).get("summary", {}).get("bbox", {}).get("AP")
+    ap = f"{base['mean']:.1f} ± {base['std']:.1f} box AP over {base['n']} seeds" if base else "not in the file"
+    objects = val_objects(dataset, profile)
+    counted = f"{objects:,} validation objects" if objects is not None else "validation objects not counted here"
+    return (
+        f"*Scale: `{profile}` profile, `{dataset}`, baseline `{baseline}` trained {steps or '?'} steps: "
+        f"{ap}; {counted}.*"
+    )
+
+
+def val_objects(dataset: str, profile: str) -> int | None:
+    """Non-crowd annotations of a shipped dataset's validation split, or ``None`` when it is not built."""
+    from ..data import is_built, load
+
+    try:
+        if not is_built(dataset, profile):
+            return None
+        return sum(not a.get("iscrowd", 0) for a in load(dataset, "val", profile, build=False).coco.anns.values())
+    except (ValueError, FileNotFoundError):
+        return None
+
+
+def curve_figure(doc: Mapping, dataset: str, iou: str = "bbox") -> Figure:
+    """The learning curve: AP against training steps per upsampler (each seed a faint line, the mean
+    bold), and the paired difference ``srf - nearest`` with its 95% t-interval per budget."""
+    entry = doc["datasets"][dataset]
+    curves: dict[str, dict[int, dict]] = {}
+    for row, record in entry["rows"].items():
+        name, _, steps = row.partition("@")
+        curves.setdefault(name, {})[int(steps)] = record["per_seed"]
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    ax, dx = fig.subplots(1, 2)
+    for k, (name, by_steps) in enumerate(curves.items()):
+        steps = sorted(by_steps)
+        seeds = sorted({s for st in steps for s in by_steps[st]}, key=int)
+        color = f"C{k}"
+        for s in seeds:
+            pts = [(st, by_steps[st][s][iou]["AP"]) for st in steps if s in by_steps[st]]
+            ax.plot(*zip(*pts), color=color, alpha=0.35, lw=1, marker=".")
+        means = [(st, float(np.mean([v[iou]["AP"] for v in by_steps[st].values()]))) for st in steps]
+        ax.plot(*zip(*means), color=color, lw=2.2, marker="o", label=f"{name} (mean of {len(seeds)} seeds)")
+    ax.set_xlabel("optimiser steps (constant learning rate after warm-up)")
+    ax.set_ylabel(f"{'box' if iou == 'bbox' else 'mask'} AP")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    compared = comparisons(doc, dataset, iou=iou)
+    pts = sorted((int(n.split(" - ")[0].partition("@")[2]), c) for n, c in compared.items())
+    for st, c in pts:
+        if math.isfinite(c.get("low", math.nan)):
+            dx.errorbar(st, c["mean"], yerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt="o", color="C1",
+                        capsize=3)  # fmt: skip
+        elif math.isfinite(c.get("mean", math.nan)):
+            dx.plot(st, c["mean"], "o", mfc="white", color="C1")
+    dx.axhline(0, color="0.5", lw=0.8)
+    dx.set_xlabel("optimiser steps")
+    dx.set_ylabel("srf - nearest, paired by seed (95% t-interval)")
+    dx.grid(alpha=0.3)
+    fig.suptitle(f"{doc.get('profile', '?')} profile, {dataset}: learning curve", fontsize=9)
+    return fig
 
 
 def paper_vs_ours(
@@ -345,38 +461,28 @@ def plot_paper_vs_ours(
     return fig
 
 
-def paper_headline() -> dict[str, float]:
-    """The paper's headline figures, derived from its quoted tables (never typed in a chapter).
+def fidelity_gains(entry: Mapping, image_set: str, metric: str = "psnr", baseline: str = "nearest") -> dict:
+    """Per upsampler of a ``fidelity`` entry: ``metric`` minus the baseline's, averaged over the FPN
+    levels for each seed, then mean and std over seeds (:func:`srfkit.results.mean_std`).
 
-    Returns ``box_ap``/``mask_ap`` of the baseline (Table 4, A1) and of the full method (A5), their
-    gains, the Mask R-CNN parameter counts with NN and with SRF (Table 1, millions), and the added
-    time per image averaged over the three detector families of Table 1 (ms, M reuse vs NN).
+    ``entry["fidelity"][upsampler][image_set][seed][level][metric]`` holds the values (dB for PSNR).
     """
-    from ..reference import paper_table
+    from ..results import mean_std
 
-    t4 = paper_table("table4_progressive")["rows"]
-    t1 = paper_table("table1_detectors")
-    col = {name: i for i, name in enumerate(t1["columns"])}
-    rows = t1["rows"]
-
-    def millions(text: str) -> float:
-        return float(str(text).rstrip("M"))
-
-    families = ("retinanet", "faster_rcnn", "mask_rcnn")
-    added_ms = [rows[f"{f}/M"][col["Time (ms)"]] - rows[f"{f}/nearest"][col["Time (ms)"]] for f in families]
-    return {
-        "box_ap_baseline": t4["A1"][3],
-        "box_ap_srf": t4["A5"][3],
-        "box_gain": round(t4["A5"][3] - t4["A1"][3], 1),
-        "mask_ap_baseline": t4["A1"][4],
-        "mask_ap_srf": t4["A5"][4],
-        "mask_gain": round(t4["A5"][4] - t4["A1"][4], 1),
-        "params_nn_m": millions(rows["mask_rcnn/nearest"][col["# Params"]]),
-        "params_srf_m": millions(rows["mask_rcnn/M"][col["# Params"]]),
-        "added_params_m": millions(rows["mask_rcnn/M"][col["# Params"]])
-        - millions(rows["mask_rcnn/nearest"][col["# Params"]]),
-        "added_ms": sum(added_ms) / len(added_ms),
-    }
+    table = entry["fidelity"]
+    base = table[baseline][image_set]
+    out = {}
+    for name, sets in table.items():
+        per_seed = sets.get(image_set)
+        if per_seed is None:
+            continue
+        values = [
+            sum(per_seed[s][lv][metric] - base[s][lv][metric] for lv in per_seed[s]) / len(per_seed[s])
+            for s in per_seed
+            if s in base
+        ]
+        out[name] = mean_std(values)
+    return out
 
 
 def fidelity_rows(doc: Mapping, dataset: str, image_set: str, metric: str = "l1") -> tuple[list[str], list[list]]:
