@@ -4,7 +4,8 @@
 # $(D2_CACHE), keyed by source, torch and Python) and installs it with requirements-detectron2.txt.
 #
 #   make book    build the shipped data, execute every chapter (quick profile) into _build/html
-#   make test    unit tests, then every chapter under nbval, then the book, then the browser checks
+#   make test    lint, unit tests, then the book (every chapter executed once, a cell error fails),
+#                then a check of the executed chapters, then the browser checks
 #
 # Chapters train the quick-profile stages once into one run folder per profile and dataset
 # ($SRFKIT_RUNS_DIR, default runs/); `make test` uses a fresh folder under _build/ so that every
@@ -45,7 +46,7 @@ D2_STAMP := $(VENV)/.d2-installed
 # Compile jobs for the C++ extension (one per core on the 2-core machines; set MAX_JOBS=N to change).
 D2_JOBS ?= 1
 
-.PHONY: venv d2 data book notebooks nbval chromium unit browser test lint clean
+.PHONY: venv d2 data book executed notebooks nbval chromium unit browser test lint clean
 
 $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -89,20 +90,50 @@ book: data
 	@mkdir -p $(BUILD); start=$$(date +%s); \
 	if [ "$$SRFKIT_RUNS_DIR" = "$(BOOK_RUNS)" ]; then \
 	  find $(BUILD)/runs -mindepth 1 -maxdepth 1 ! -name $(LIB_HASH) -exec rm -rf {} + 2>/dev/null; fi; \
-	echo "chapters train into $$SRFKIT_RUNS_DIR"; \
+	echo "chapters train into $$SRFKIT_RUNS_DIR"; rm -rf $(EXECUTED_DIR); \
 	$(VENV)/bin/jupyter-book build . --all --builder html 2>&1 | tee $(BUILD)/book-build.log; \
 	status=$${PIPESTATUS[0]}; \
 	echo "make book: jupyter-book took $$(( $$(date +%s) - start )) s (exit $$status)"; \
 	exit $$status
 
-# Chapters converted to .ipynb for nbval: temporary files under _build/, never committed.
+# The executed notebooks the book build leaves (myst-nb writes each executed chapter there).
+EXECUTED_DIR := $(BUILD)/jupyter_execute/book
+
+# Every notebook chapter must have been executed by the book build, with no error output. The
+# build itself already fails on a cell error (allow_errors: false, nb_execution_raise_on_error);
+# this also catches a chapter the build did not execute (one missing from _toc.yml).
+define CHECK_EXECUTED
+import json, sys
+from pathlib import Path
+bad = []
+for md in sys.argv[2:]:
+    nb = Path(sys.argv[1]) / (Path(md).stem + ".ipynb")
+    if not nb.is_file():
+        bad.append(f"{md}: not executed by the book build (is it in _toc.yml?)")
+        continue
+    cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+    errors = [o.get("ename", "?") for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    if errors:
+        bad.append(f"{md}: error output in the executed notebook ({', '.join(errors)})")
+print(f"executed chapters: {len(sys.argv) - 2 - len(bad)} of {len(sys.argv) - 2} ok")
+sys.exit("\n".join(bad) if bad else 0)
+endef
+export CHECK_EXECUTED
+
+executed:
+	$(PY) -c "$$CHECK_EXECUTED" $(EXECUTED_DIR) $(NOTEBOOKS)
+
+# nbval on its own (the design card's `pytest --nbval`; not part of `make test`, which executes each
+# chapter once, in the book build): chapters converted to .ipynb under _build/, never committed.
 notebooks: venv
 	rm -rf $(NBVAL_DIR) && mkdir -p $(NBVAL_DIR)
 	for f in $(NOTEBOOKS); do \
 	  $(VENV)/bin/jupytext --quiet --to ipynb "$$f" -o "$(NBVAL_DIR)/$$(basename "$${f%.md}").ipynb" || exit 1; \
 	done
 
-# Runs every cell with the venv's own kernel; a cell error or a failed assert fails the test.
+# Runs every cell with the venv's own kernel; a cell error or a failed assert fails the test. No
+# chapter marks outputs for comparison (NBVAL_CHECK_OUTPUT), so --nbval-lax checks exactly what the
+# book build checks: that every cell runs without error.
 nbval: notebooks data
 	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider --durations=0 \
 	  --junitxml=$(BUILD)/nbval-report.xml $(NBVAL_DIR)
@@ -121,14 +152,20 @@ unit: data
 browser: chromium
 	$(PY) -m pytest tests/test_browser.py
 
+# Each chapter is executed once: by the book build. Before, nbval executed every chapter and then the
+# book build executed every chapter again (nbval cannot save the outputs it computes, and the book
+# needs them; nbval on an executed notebook re-executes it). No chapter compares outputs, so the
+# book build (which fails on any cell error or failed assert) plus the `executed` check covers what
+# nbval checked; `make nbval` still runs nbval on its own.
 test: export SRFKIT_RUNS_DIR := $(TEST_RUNS)
 test: venv d2 chromium
 	rm -rf $(TEST_RUNS)
 	@echo "disk before the tests: $$(df -h . | awk 'NR==2 {print $$4}') free"
 	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory lint && \
 	$(MAKE) --no-print-directory unit && \
-	$(MAKE) --no-print-directory nbval && \
 	$(MAKE) --no-print-directory book && \
+	$(MAKE) --no-print-directory executed && \
 	$(MAKE) --no-print-directory browser; \
 	status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s (exit $$status)"; \
