@@ -33,7 +33,16 @@ from .experiments import (
 from .profiles import Profile, get_profile
 from .results import RESULTS_DIR, load_result, results_path
 
-__all__ = ["SEED_COUNTS", "PlannedCell", "plan", "remaining", "run_campaign", "configure_parser", "run_from_args"]
+__all__ = [
+    "SEED_COUNTS",
+    "PlannedCell",
+    "plan",
+    "remaining",
+    "stage_plan",
+    "run_campaign",
+    "configure_parser",
+    "run_from_args",
+]
 
 # How many of the profile's seeds each experiment gets (issue 11: >= 5 for Tables 4 and 5, >= 3 for the
 # others, >= 2 for the learning curve). The order is the campaign's: the curve decides the regime first.
@@ -133,6 +142,33 @@ def remaining(cells: list[PlannedCell]) -> tuple[list[PlannedCell], str]:
     if not every:
         head += " (no cell finished yet: no estimate)"
     return left, "\n".join([head, *lines])
+
+
+def stage_plan(cells: list[PlannedCell]) -> dict[Path, dict]:
+    """The stage folders the cells not yet done need, with the training steps each has left.
+
+    ``{folder: {"stage", "steps", "upsampler", "left"}}``: found by walking each cell's row with a
+    recording :class:`~srfkit.experiments.Runs` (nothing is trained); ``left`` is 0 for a finished
+    folder and counts from the newest checkpoint of an unfinished one.
+    """
+    from dataclasses import replace as _replace
+
+    from .train.checkpoint import FINAL_NAME, latest_checkpoint, list_checkpoints
+
+    record: dict[Path, dict] = {}
+    for pc in cells:
+        if pc.done():
+            continue
+        runs = _replace(pc.context.runs(pc.cell.seed), record=record)
+        pc.table.rows[pc.cell.row](runs)
+    for folder, info in record.items():
+        done = 0
+        if (folder / FINAL_NAME).is_file():
+            done = info["steps"]
+        elif latest_checkpoint(folder) is not None:
+            done = max((step for step, _ in list_checkpoints(folder)), default=0)
+        info["left"] = max(info["steps"] - done, 0)
+    return record
 
 
 def run_campaign(

@@ -58,13 +58,21 @@ class Runs:
     root: Path
     options: dict = field(default_factory=dict)
     weights_backbone: Path | None = None
+    record: dict | None = None
 
     @property
     def folder(self) -> Path:
         return self.root / self.profile.name / self.dataset / f"seed{self.seed}"
 
     def _train(self, fn: Callable, name: str, **kwargs) -> Path:
+        """Train (or resume, or skip) the stage ``fn`` into ``folder/name``; with ``record`` (a dict),
+        only note ``{folder: {"stage", "steps", "upsampler"}}`` there (planning, see srfkit.campaign)."""
         out = self.folder / name
+        if self.record is not None:
+            stage = fn.__name__.removeprefix("train_")
+            steps = kwargs.get("iters") or self.options.get("iters") or self.profile.schedule(stage).iters
+            self.record[out] = {"stage": stage, "steps": int(steps), "upsampler": kwargs.get("upsampler")}
+            return out
         fn(self.profile, self.dataset, out, seed=self.seed, resume=True, **{**self.options, **kwargs})
         return out
 
@@ -122,7 +130,9 @@ class Runs:
         )
         out = self.folder / f"curve_{upsampler}"
         wanted = checkpoint_path(out, None if budget == top else budget)
-        if not wanted.is_file():
+        if self.record is not None:
+            self.record[out] = {"stage": "guide", "steps": top, "upsampler": upsampler}
+        elif not wanted.is_file():
             options = {k: v for k, v in self.options.items() if k != "iters"}  # the chain sets its own length
             train_guide(
                 self.profile.replace(guide=schedule),

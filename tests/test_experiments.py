@@ -198,6 +198,14 @@ def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, 
     assert run_campaign(cells, worker=0, workers=2, max_hours=0.0) == 1  # stops starting new cells
     left, report = remaining(cells)
     assert len(left) == 5 and "1 of 6 cells done" in report and "process-hours left" in report
+    from srfkit.campaign import stage_plan
+
+    stages = stage_plan(cells)  # the chains the 5 cells left need: nearest half done, srf not started
+    assert {f.name: (i["steps"], i["left"]) for f, i in stages.items()} == {
+        "curve_nearest": (6, 4),
+        "curve_srf": (6, 6),
+    }
+    assert not (tmp_path / "r" / "quick" / "shapes" / "seed0" / "curve_srf").exists()  # planning trains nothing
 
 
 def test_a_cell_of_new_settings_drops_the_seeds_of_old_ones(tmp_path):
