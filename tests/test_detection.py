@@ -1,12 +1,16 @@
 """Detectors over the SRF FPN: one training step each, and argument checks."""
 
+import json
+
 import pytest
 import torch
 
 from srfkit.detection import ARCHS, FeatureExtractor, build_detector, get_fpn
 from srfkit.detection.builder import fcos_head_groups
-from srfkit.models import SRFGenerator
+from srfkit.models import NearestConv, SRFGenerator, make_upsampler, upsampler_names
+from srfkit.models.generator import ResidualBlock
 from srfkit.profiles import get_profile
+from srfkit.train.specs import build_from_spec, build_upsampler, detector_spec, upsampler_spec
 
 QUICK = get_profile("quick")
 
@@ -148,3 +152,81 @@ def test_cpu_and_paper_profiles_build_every_arch(profile):
             losses = model.train()(images, targets)
             assert all(torch.isfinite(v) for v in losses.values()), (arch, losses)
             sum(losses.values()).backward()
+
+
+# ------------------------------------------------------------------ nearest_conv: capacity without learned upsampling
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _layers(module: torch.nn.Module) -> list[str]:
+    kinds = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.BatchNorm2d, torch.nn.LeakyReLU)
+    return [type(m).__name__.replace("Transpose", "") for m in module.modules() if isinstance(m, kinds)]
+
+
+@pytest.mark.parametrize("channels", [64, 256])
+def test_nearest_conv_has_the_paper_generators_parameters_and_layers(channels):
+    control = make_upsampler("nearest_conv", channels)
+    g = SRFGenerator(channels, variant="paper")
+    assert isinstance(control, NearestConv) and "nearest_conv" in upsampler_names()
+    assert _params(control) == _params(g) == {64: 514_176, 256: 8_200_704}[channels]
+    assert _layers(control) == _layers(g)  # same conv/BN/LReLU sequence, the x2 step a stride-1 conv
+
+
+def test_nearest_conv_is_nearest_of_x_plus_body():
+    torch.manual_seed(0)
+    control = make_upsampler("nearest_conv", 16).eval()
+    x = torch.randn(2, 16, 5, 7)
+    with torch.no_grad():
+        full = control(x)
+        expected = torch.nn.functional.interpolate(x + control.body(x), scale_factor=2, mode="nearest")
+        assert full.shape == (2, 16, 10, 14) and torch.allclose(full, expected)
+        assert torch.equal(control(x, size=(9, 13)), full[..., :9, :13])  # odd laterals: a crop, not a resample
+    with pytest.raises(ValueError, match="NearestConv: cannot upsample a 5x7 map to 12x14"):
+        control(x, size=(12, 14))
+
+
+def test_nearest_conv_in_a_detector_and_its_stage_spec():
+    spec = detector_spec("mask_rcnn", 3, upsampler_spec("nearest_conv", QUICK), QUICK)
+    assert spec["upsampler"] == {"name": "nearest_conv", "kwargs": {}, "channels": QUICK.fpn_channels}
+    two = build_upsampler(upsampler_spec("nearest_conv", QUICK, num_blocks=2))
+    assert sum(isinstance(m, ResidualBlock) for m in two.modules()) == 2
+    torch.manual_seed(0)
+    model = build_from_spec(spec).train()
+    assert isinstance(get_fpn(model).upsampler, NearestConv)
+    images, targets = _batch(QUICK.image_size)
+    losses = model(images, targets)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in get_fpn(model).upsampler.parameters())
+    torch.manual_seed(0)
+    direct = build_detector("mask_rcnn", 3, upsampler="nearest_conv", profile=QUICK)
+    assert _params(direct) == _params(model)
+
+
+# ---------------------------------------------------------------------- share_upsampler in builders and stage specs
+
+
+@pytest.mark.parametrize(("upsampler", "share"), [("dysample", True), ("srf", False), ("carafe", None)])
+def test_share_upsampler_round_trip_through_the_detector_spec(upsampler, share):
+    spec = detector_spec("faster_rcnn", 3, upsampler_spec(upsampler, QUICK), QUICK, share_upsampler=share)
+    spec = json.loads(json.dumps(spec))  # as stored in a stage's config.json
+    assert spec["overrides"] == ({} if share is None else {"share_upsampler": share})
+    torch.manual_seed(0)
+    model = build_from_spec(spec)
+    expected_shared = {True: True, False: False, None: False}[share]  # None: CARAFE is per step
+    assert get_fpn(model).shares_upsampler is expected_shared
+    state = model.state_dict()
+    prefix = "backbone.fpn.upsampler." + ("" if expected_shared else "steps.2.")
+    assert any(k.startswith(prefix) for k in state)
+    rebuilt = build_from_spec(spec)
+    rebuilt.load_state_dict(state, strict=True)
+    assert get_fpn(rebuilt).shares_upsampler is expected_shared
+    built = build_detector("faster_rcnn", 3, upsampler, QUICK, share_upsampler=share)
+    assert built.state_dict().keys() == state.keys()
+
+
+def test_default_detector_spec_is_unchanged():
+    spec = detector_spec("mask_rcnn", 3, upsampler_spec("nearest", QUICK), QUICK, image_size=32)
+    assert spec["overrides"] == {"image_size": 32}
