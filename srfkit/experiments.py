@@ -134,8 +134,13 @@ class Runs:
             self.record[out] = {"stage": "guide", "steps": top, "upsampler": upsampler}
         elif not wanted.is_file():
             options = {k: v for k, v in self.options.items() if k != "iters"}  # the chain sets its own length
+            # The chain's recorded profile carries only its own schedule (and no seed list or budgets), so
+            # that setting the other stages' budgets or seed counts later does not make the chain foreign.
+            chain = self.profile.replace(
+                guide=schedule, srf_gan=schedule, extractor=schedule, target=schedule, seeds=(), curve_budgets=()
+            )
             train_guide(
-                self.profile.replace(guide=schedule),
+                chain,
                 self.dataset,
                 out,
                 seed=self.seed,

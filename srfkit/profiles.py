@@ -15,7 +15,7 @@ Nothing else in srfkit hard-codes a size or a schedule: code takes a :class:`Pro
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["Schedule", "Profile", "PROFILES", "get_profile"]
 
@@ -131,7 +131,6 @@ class Profile:
     retinanet_head_norm: str | None = None
     train_hflip: float = 0.0
     curve_budgets: tuple[int, ...] = ()
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def replace(self, **changes) -> Profile:
         """A copy with some fields changed; unknown field names raise ``TypeError``."""
