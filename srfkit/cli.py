@@ -158,6 +158,12 @@ def _configure_srf_gan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guide", type=Path, required=True, metavar="DIR", help="finished guide stage folder (gives F)")
     p.add_argument("--variant", default="paper", help="generator form: paper, released, light, depthwise [%(default)s]")
     p.add_argument("--num-blocks", type=int, help="residual blocks of G [variant's default]")
+    p.add_argument(
+        "--d-head",
+        choices=("paper", "authors"),
+        default="paper",
+        help="D's output conv: paper (1x1, the paper's text) or authors (3x3, their training code) [%(default)s]",
+    )
     _srf_options(p)
     _loop_options(p)
 
@@ -300,6 +306,7 @@ def _run_srf_gan(args: argparse.Namespace) -> None:
             guide_dir=args.guide,
             variant=args.variant,
             num_blocks=args.num_blocks,
+            discriminator_head=args.d_head,
             **_srf_kwargs(args),
             **_common(args),
         )

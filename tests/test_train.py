@@ -471,3 +471,18 @@ def test_pyramid_keys_follow_strides(run):
     from srfkit.detection import build_detector
 
     assert pyramid_keys(build_detector("retinanet", 3, profile=QUICK)) == {3: "0", 4: "1", 5: "2"}
+
+
+def test_srf_gan_with_the_authors_discriminator_head(run, data, tmp_path):
+    result = train_srf_gan(
+        QUICK, data, tmp_path, guide_dir=run["guide"].out_dir, discriminator_head="authors", iters=1, **FAST
+    )
+    config = read_stage(result.out_dir)["config"]
+    assert config["discriminator"]["head"] == "authors"
+    d = load_discriminator(result.out_dir)
+    assert d.classifier.kernel_size == (3, 3)
+    # stage 2 takes that D as it is
+    ext = train_extractor(
+        QUICK, data, tmp_path / "m", guide_dir=run["guide"].out_dir, srf_gan_dir=result.out_dir, iters=1, **FAST
+    )
+    assert load_discriminator(ext.out_dir).classifier.kernel_size == (3, 3)

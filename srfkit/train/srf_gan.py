@@ -63,6 +63,7 @@ class SRFGANStage(AdversarialStage):
         degrade_mode: str = "bilinear",
         guide_config: dict | None = None,
         sources: dict | None = None,
+        discriminator_cfg: dict | None = None,
     ) -> None:
         super().__init__(l1_weight, adv_weight, adversarial_grad, degrade_mode)
         self.modules = {"G": generator, "D": discriminator}
@@ -74,7 +75,7 @@ class SRFGANStage(AdversarialStage):
             "profile": profile.to_dict(),
             "dataset": dataset_info(dataset),
             "generator": generator_cfg,
-            "discriminator": discriminator_spec(profile),
+            "discriminator": discriminator_cfg or discriminator_spec(profile),
             **self.loss_config(),
             "levels": [k for k in SRF_LEVELS if k in levels],
             "guide": guide_config,
@@ -125,6 +126,7 @@ def train_srf_gan(
     adv_weight: float = ADV_WEIGHT,
     adversarial_grad: bool = True,
     degrade_mode: str = "bilinear",
+    discriminator_head: str = "paper",
     **options,
 ) -> StageResult:
     """Stage 1: train G (``SRFGenerator``, width ``profile.fpn_channels``) and D against the guide's F.
@@ -136,6 +138,8 @@ def train_srf_gan(
         adversarial_grad: False reproduces the authors' training code (AFI-GAN repository): the adversarial
             term detached from G.
         degrade_mode: interpolation of the degradation function (Table 6).
+        discriminator_head: D's output conv: ``paper`` (1x1, the paper's text) or ``authors`` (3x3, the
+            authors' training code); stage 2 reuses this D as it is.
         **options: :class:`~srfkit.train.loop.LoopOptions` fields.
     """
     setup = prepare_stage(profile, dataset, options, detector=False)
@@ -143,10 +147,11 @@ def train_srf_gan(
     guide = read_stage(guide_dir)
     seed_everything(seed)
     spec = generator_spec(profile.fpn_channels, variant, num_blocks)
+    d_spec = discriminator_spec(profile, discriminator_head)
     stage = SRFGANStage(
         build_upsampler(spec),
         spec,
-        build_discriminator(discriminator_spec(profile)),
+        build_discriminator(d_spec),
         load_feature_extractor(guide),
         profile,
         data,
@@ -156,5 +161,6 @@ def train_srf_gan(
         degrade_mode=degrade_mode,
         guide_config=guide["config"]["detector"],
         sources={"guide": str(guide_dir)},
+        discriminator_cfg=d_spec,
     )
     return train_loop(stage, data, out_dir, profile.srf_gan, seed, resume, setup.loop)
