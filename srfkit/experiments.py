@@ -307,14 +307,19 @@ class ExperimentContext:
     def fingerprint(self) -> str:
         return fingerprint(self.profile, self.options, self.weights_backbone, self.experiment)
 
-    @property
+    @functools.cached_property
     def config(self) -> dict:
-        """What the result file records of how its cells were made."""
+        """What the result file records of how its cells were made (and the validation objects behind them)."""
+        from .data import load
+
+        val = load(self.dataset, "val", self.profile)
         return {
             "profile": self.profile.to_dict(),
             "options": self.options,
             "weights_backbone": str(self.weights_backbone or ""),
             "fingerprint": self.fingerprint,
+            "val_images": len(val),
+            "val_objects": sum(not a.get("iscrowd", 0) for a in val.coco.anns.values()),
         }
 
     def runs(self, seed: int) -> Runs:

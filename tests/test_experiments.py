@@ -67,6 +67,7 @@ def test_progressive_writes_rows_per_seed_and_reuses_stages(tmp_path):
         assert set(row["per_seed"]) == {"0"}
     assert entry["provenance"]["git_commit"] and entry["wall_time_s"] > 0
     assert entry["config"]["options"] == {"iters": 2, "progress": False}
+    assert entry["config"]["val_images"] == 8 and entry["config"]["val_objects"] > 8  # the quick val split
     cell = entry["rows"]["A5"]["cells"]["0"]
     assert cell["fingerprint"] == entry["config"]["fingerprint"] and cell["wall_s"] > 0 and cell["git_commit"]
     # Stage folders are shared: a second run trains nothing and reads cached evaluations.

@@ -317,7 +317,8 @@ def scale_note(doc: Mapping, dataset: str, baseline: str, steps: int | None = No
     """One Markdown line with the scale behind a table: profile, steps, the baseline's AP, objects.
 
     ``steps``: optimiser steps of the baseline (default: the guide schedule of the file's profile).
-    The validation object count comes from the dataset build of that profile when it is built here.
+    The validation object count is the one the result file records, else it is counted on the
+    dataset build of that profile when it is built here.
     """
     entry = doc.get("datasets", {}).get(dataset, {})
     profile = doc.get("profile", "?")
@@ -325,7 +326,8 @@ def scale_note(doc: Mapping, dataset: str, baseline: str, steps: int | None = No
     steps = steps or (config.get("guide") or {}).get("iters")
     base = entry.get("rows", {}).get(baseline, {}).get("summary", {}).get("bbox", {}).get("AP")
     ap = f"{base['mean']:.1f} ± {base['std']:.1f} box AP over {base['n']} seeds" if base else "not in the file"
-    objects = val_objects(dataset, profile)
+    objects = entry.get("config", {}).get("val_objects")
+    objects = val_objects(dataset, profile) if objects is None else objects
     counted = f"{objects:,} validation objects" if objects is not None else "validation objects not counted here"
     return (
         f"*Scale: `{profile}` profile, `{dataset}`, baseline `{baseline}` trained {steps or '?'} steps: "
