@@ -60,7 +60,11 @@ def apply_profile(cfg: CfgNode, profile: str | Profile) -> CfgNode:
     cfg.INPUT.MIN_SIZE_TEST = p.image_size
     cfg.INPUT.MAX_SIZE_TEST = p.max_size
     if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
-        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[2 * s * 2 ** (k / 3) for k in range(3)] for s in p.anchor_sizes]
+        # srfkit's one-stage anchors (P3..P7; torchvision's 32..512 at the paper profile), three scales an octave
+        sizes = p.retinanet_anchor_sizes or tuple(2 * s for s in p.anchor_sizes)
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[s * 2 ** (k / 3) for k in range(3)] for s in sizes]
+        if p.retinanet_head_norm == "group":  # the head that trains from scratch (see Profile)
+            cfg.MODEL.RETINANET.NORM = "GN"
         cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = p.rpn_pre_nms_top_n[1]
     else:
         cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[s] for s in p.anchor_sizes]
