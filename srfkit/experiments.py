@@ -229,6 +229,8 @@ class Cell:
 
 # Profile fields that cannot change a cell's numbers (how many seeds, data workers, checkpoint spacing).
 _NOT_IN_FINGERPRINT = ("seeds", "num_workers", "curve_budgets", "extra")
+# Loop options that cannot change them either (progress bars, checkpoint spacing and retention, workers).
+_OPTIONS_NOT_IN_FINGERPRINT = ("progress", "keep_last", "checkpoint_every", "num_workers")
 
 
 def fingerprint(
@@ -247,6 +249,7 @@ def fingerprint(
     if experiment == "learning_curve":
         d = {k: v for k, v in d.items() if k not in ("srf_gan", "extractor", "target")}
         d["guide"] = {k: v for k, v in d["guide"].items() if k not in ("iters", "milestones")}
+    options = {k: v for k, v in options.items() if k not in _OPTIONS_NOT_IN_FINGERPRINT}
     blob = json.dumps([d, options, str(weights_backbone or "")], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 

@@ -239,3 +239,19 @@ def test_plateau_reads_the_first_budget_within_tolerance_of_the_best():
     entry["rows"]["nearest@4000"] = row(50, 50)
     assert plateau(entry)["rising"] is True and plateau(entry)["first_within"] == 4000
     assert plateau({"rows": {}})["first_within"] is None
+
+
+def test_fingerprint_ignores_what_cannot_change_the_numbers():
+    from srfkit.experiments import fingerprint
+    from srfkit.profiles import get_profile
+
+    cpu = get_profile("cpu")
+    base = fingerprint(cpu, {"progress": False}, None, "progressive")
+    assert fingerprint(cpu, {"progress": True, "keep_last": None}, None, "progressive") == base
+    assert fingerprint(cpu.replace(seeds=(0,)), {}, None, "progressive") == base
+    assert fingerprint(cpu, {"iters": 5}, None, "progressive") != base
+    assert fingerprint(cpu.replace(image_size=96), {}, None, "progressive") != base
+    # the learning curve ignores the other stages' budgets, which are set from it
+    longer = cpu.replace(target=cpu.target.__class__(**{**cpu.target.__dict__, "iters": 3000}))
+    assert fingerprint(longer, {}, None, "learning_curve") == fingerprint(cpu, {}, None, "learning_curve")
+    assert fingerprint(longer, {}, None, "progressive") != base
