@@ -26,7 +26,6 @@ from .paths import repo_root
 __all__ = [
     "RESULTS_DIR",
     "mean_std",
-    "gain_over",
     "provenance",
     "results_path",
     "write_result",
@@ -62,34 +61,6 @@ def mean_std(values: list[float]) -> dict[str, float]:
         return {"mean": math.nan, "std": math.nan, "n": len(values)}
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
-
-
-def gain_over(rows: Mapping, row: str, baseline: str, iou: str = "bbox", metric: str = "AP") -> dict:
-    """How far ``row`` is above ``baseline`` in a result entry's ``rows``, against the seed spread.
-
-    Args:
-        rows: ``entry["rows"]`` of a result document (``{row: {"per_seed": {seed: metrics}}}``).
-        row, baseline: row names. iou: ``bbox`` or ``segm``. metric: a COCO metric key (AP points).
-
-    Returns:
-        ``{"gain", "spread", "n", "verdict"}``: ``gain`` is the difference of the means over the
-        seeds both rows have (AP points); ``spread`` the larger of the two rows' sample standard
-        deviations over those seeds; ``verdict`` is ``"gain"`` when ``gain > 2 * spread``, ``"loss"``
-        when ``gain < -2 * spread``, ``"within spread"`` otherwise, ``"one seed"`` when fewer
-        than two seeds leave no spread to compare with, and ``"no objects"`` when a value is NaN.
-    """
-    ours, base = rows[row]["per_seed"], rows[baseline]["per_seed"]
-    seeds = [s for s in ours if s in base]
-    a = [float(ours[s][iou][metric]) for s in seeds]
-    b = [float(base[s][iou][metric]) for s in seeds]
-    gain = statistics.fmean(a) - statistics.fmean(b)
-    if math.isnan(gain):  # COCO's "no such objects" in either row
-        return {"gain": gain, "spread": math.nan, "n": len(seeds), "verdict": "no objects"}
-    if len(seeds) < 2:
-        return {"gain": gain, "spread": math.nan, "n": len(seeds), "verdict": "one seed"}
-    spread = max(statistics.stdev(a), statistics.stdev(b))
-    verdict = "gain" if gain > 2 * spread else "loss" if gain < -2 * spread else "within spread"
-    return {"gain": gain, "spread": spread, "n": len(seeds), "verdict": verdict}
 
 
 def _git_commit() -> str:

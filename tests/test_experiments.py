@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from srfkit.experiments import EXPERIMENTS, run_experiment
-from srfkit.results import RESULTS_DIR, gain_over, load_result, mean_std, update_result
+from srfkit.results import RESULTS_DIR, load_result, mean_std, update_result
 from srfkit.train import read_stage
 
 
@@ -22,16 +22,6 @@ def _rows(**per_seed_ap):
     return {
         name: {"per_seed": {s: {"bbox": {"AP": ap}} for s, ap in enumerate(aps)}} for name, aps in per_seed_ap.items()
     }
-
-
-def test_gain_over_reads_the_gain_against_the_larger_seed_spread():
-    rows = _rows(nearest=[10.0, 11.0, 12.0], srf=[14.0, 15.0, 16.0], flat=[10.5, 11.5, 12.5], bad=[5.0, 5.5, 6.0])
-    assert gain_over(rows, "srf", "nearest") == {"gain": 4.0, "spread": 1.0, "n": 3, "verdict": "gain"}
-    assert gain_over(rows, "flat", "nearest")["verdict"] == "within spread"
-    assert gain_over(rows, "bad", "nearest")["verdict"] == "loss"
-    single = gain_over(_rows(nearest=[10.0], srf=[12.0]), "srf", "nearest")
-    assert single["gain"] == 2.0 and single["verdict"] == "one seed"
-    assert gain_over(_rows(nearest=[math.nan] * 2, srf=[1.0, 2.0]), "srf", "nearest")["verdict"] == "no objects"
 
 
 def test_unknown_experiment_lists_valid_names(tmp_path):
