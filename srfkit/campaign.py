@@ -18,7 +18,7 @@ import argparse
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .experiments import EXPERIMENTS as _EXPERIMENTS
@@ -114,33 +114,40 @@ def plan(
     return cells
 
 
-def remaining(cells: list[PlannedCell]) -> tuple[list[PlannedCell], str]:
-    """The cells still to run and a report: counts per experiment and an estimate of the time left.
+def remaining(cells: list[PlannedCell], seconds_per_step: float | None = None) -> tuple[list[PlannedCell], str]:
+    """The cells still to run and a report: cells and training steps left per experiment, and hours.
 
-    The estimate multiplies the cells left by the mean wall time of the finished cells of the same
-    experiment (all finished cells when an experiment has none yet; none at all says so). Cells
-    share stages, so it is rough: a row that reuses trained stages costs only its own training.
+    Steps come from :func:`stage_plan` (each stage folder counted once, for the first experiment that
+    needs it; finished folders cost nothing, unfinished ones what is left after their newest
+    checkpoint). Hours are those steps times ``seconds_per_step``, by default the mean measured wall
+    time per step of the stage folders that exist (their ``metrics.jsonl``); evaluation is not counted.
     """
-    left, walls, lines = [], {}, []
-    for pc in cells:
-        document = load_result(pc.context.profile.name, pc.cell.experiment, pc.context.results_root)
-        if cell_done(document, pc.cell, pc.context.fingerprint):
-            record = document["datasets"][pc.cell.dataset]["rows"][pc.cell.row]["cells"][str(pc.cell.seed)]
-            walls.setdefault(pc.cell.experiment, []).append(float(record.get("wall_s", 0.0)))
-        else:
-            left.append(pc)
-    every = [w for ws in walls.values() for w in ws]
-    total = 0.0
+    from .train.loop import summarize_metrics
+
+    left = [pc for pc in cells if not pc.done()]
+    plan, owner = stage_plan(left), {}
+    for pc in left:  # which experiment first needs each folder
+        record: dict[Path, dict] = {}
+        pc.table.rows[pc.cell.row](replace(pc.context.runs(pc.cell.seed), record=record))
+        for folder in record:
+            owner.setdefault(folder, pc.cell.experiment)
+    if seconds_per_step is None:
+        rates = [summarize_metrics(f / "metrics.jsonl")[1].get("time_per_step_s") for f in plan]
+        rates = [r for r in rates if r]
+        seconds_per_step = statistics.fmean(rates) if rates else None
+    lines, total_steps = [], 0
     for experiment in dict.fromkeys(pc.cell.experiment for pc in cells):
         n_left = sum(pc.cell.experiment == experiment for pc in left)
         n_all = sum(pc.cell.experiment == experiment for pc in cells)
-        ref = walls.get(experiment) or every
-        eta = statistics.fmean(ref) * n_left if ref else float("nan")
-        total += eta
-        lines.append(f"  {experiment:<16} {n_all - n_left:>4} done {n_left:>4} left   ~{eta / 3600:6.2f} h")
-    head = f"campaign: {len(cells) - len(left)} of {len(cells)} cells done; about {total / 3600:.1f} process-hours left"
-    if not every:
-        head += " (no cell finished yet: no estimate)"
+        steps = sum(info["left"] for f, info in plan.items() if owner.get(f) == experiment)
+        total_steps += steps
+        hours = f"~{steps * seconds_per_step / 3600:6.2f} h" if seconds_per_step else "      ? h"
+        lines.append(f"  {experiment:<16} {n_all - n_left:>4} done {n_left:>4} left {steps:>8,} steps {hours}")
+    head = f"campaign: {len(cells) - len(left)} of {len(cells)} cells done; {total_steps:,} training steps left"
+    if seconds_per_step:
+        head += f", about {total_steps * seconds_per_step / 3600:.1f} process-hours at {seconds_per_step:.2f} s/step"
+    else:
+        head += " (no step measured yet: no time estimate; python -m srfkit.bench.stages measures one)"
     return left, "\n".join([head, *lines])
 
 
@@ -151,15 +158,13 @@ def stage_plan(cells: list[PlannedCell]) -> dict[Path, dict]:
     recording :class:`~srfkit.experiments.Runs` (nothing is trained); ``left`` is 0 for a finished
     folder and counts from the newest checkpoint of an unfinished one.
     """
-    from dataclasses import replace as _replace
-
     from .train.checkpoint import FINAL_NAME, latest_checkpoint, list_checkpoints
 
     record: dict[Path, dict] = {}
     for pc in cells:
         if pc.done():
             continue
-        runs = _replace(pc.context.runs(pc.cell.seed), record=record)
+        runs = replace(pc.context.runs(pc.cell.seed), record=record)
         pc.table.rows[pc.cell.row](runs)
     for folder, info in record.items():
         done = 0

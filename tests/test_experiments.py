@@ -184,11 +184,14 @@ def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, 
     cells = plan("quick", ["shapes"], ["learning_curve"], {"learning_curve": 1}, tmp_path / "r", tmp_path / "res")
     assert [pc.cell.row for pc in cells] == ["nearest@2", "srf@2", "nearest@4", "srf@4", "nearest@6", "srf@6"]
     left, report = remaining(cells)
-    assert len(left) == 6 and "0 of 6 cells done" in report and "no estimate" in report
+    assert len(left) == 6 and "0 of 6 cells done" in report and "no time estimate" in report
+    assert "12 training steps left" in report  # two chains of 6 steps
     assert run_campaign(cells, worker=1, workers=2) == 0  # seed 0 belongs to worker 0
     assert run_campaign(cells, worker=0, workers=2, max_hours=0.0) == 1  # stops starting new cells
     left, report = remaining(cells)
-    assert len(left) == 5 and "1 of 6 cells done" in report and "process-hours left" in report
+    assert len(left) == 5 and "1 of 6 cells done" in report and "10 training steps left" in report
+    assert "process-hours at" in report  # the nearest chain's measured step time
+    assert "process-hours at 2.00 s/step" in remaining(cells, seconds_per_step=2.0)[1]
     from srfkit.campaign import stage_plan
 
     stages = stage_plan(cells)  # the chains the 5 cells left need: nearest half done, srf not started
