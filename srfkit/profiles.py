@@ -200,8 +200,10 @@ CPU = Profile(
     num_workers=0,
     # shapes at 2,000 train / 500 val images (about 2,500 val objects): enough to see a 1-2 AP difference.
     dataset_images=(2000, 500),
-    # Sized so that the `interpolation` and `progressive` experiments (3 seeds, shapes and trees, one
-    # process per dataset) fit in under 2 hours on 2 cores: about 2,800 steps per seed and dataset.
+    # PROVISIONAL: sized for speed (the old 3-seed runs), far too short for a trained baseline. The
+    # learning_curve experiment (constant rate) measured nearest at about 46 box AP after 2,000 steps and
+    # 63 after 3,000, still rising: set guide/extractor/target to the first budget within 2 AP of the
+    # plateau once the curve shows it (that makes the cells of the other tables stale, as it should).
     # A Mask R-CNN R-18-FPN step at 128 px, batch 4, one thread, two processes side by side, was
     # measured at 0.71 s with C=128 and 0.42 s with C=64 (the mask head's C-wide convs dominate).
     guide=Schedule(iters=200, lr=0.01, batch_size=4, warmup_iters=40, checkpoint_every=100),
