@@ -40,6 +40,7 @@ __all__ = [
     "update_cell",
     "merge_entry",
     "plateau",
+    "budget_reading",
 ]
 
 RESULTS_DIR = (repo_root() or Path.cwd()) / "data" / "results"  # outside a checkout: under the working directory
@@ -334,3 +335,28 @@ def plateau(entry: Mapping, row_prefix: str = "nearest", tolerance: float = 2.0,
         "first_within": first,
         "rising": rising,
     }
+
+
+def budget_reading(entry: Mapping, budget: int, row_prefix: str = "nearest", tolerance: float = 2.0) -> dict:
+    """Where a training budget sits on a learning curve of a result entry (see :func:`plateau`).
+
+    Returns :func:`plateau`'s fields plus ``budget``, ``at_budget`` (the mean AP measured at that
+    budget, ``None`` when the curve has no such point), ``slope`` (AP gained per 1,000 steps over the
+    curve's last segment, ``None`` with fewer than two points) and ``state``: ``"near plateau"`` when
+    the curve has stopped rising and the budget is at or past its first budget within ``tolerance``,
+    ``"below plateau"`` when the curve is still rising past the budget or the budget comes before
+    that first budget, ``"unknown"`` without a curve.
+    """
+    p = plateau(entry, row_prefix, tolerance)
+    points = dict(zip(p["budgets"], p["means"]))
+    slope = None
+    if len(p["budgets"]) > 1:
+        (b0, m0), (b1, m1) = list(points.items())[-2:]
+        slope = 1000 * (m1 - m0) / (b1 - b0)
+    if p["best"] is None:
+        state = "unknown"
+    elif p["rising"] or budget < p["first_within"]:
+        state = "below plateau"
+    else:
+        state = "near plateau"
+    return {**p, "budget": budget, "at_budget": points.get(budget), "slope": slope, "state": state}

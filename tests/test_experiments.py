@@ -234,6 +234,23 @@ def test_plateau_reads_the_first_budget_within_tolerance_of_the_best():
     assert plateau({"rows": {}})["first_within"] is None
 
 
+def test_budget_reading_places_a_budget_on_the_curve():
+    from srfkit.results import budget_reading
+
+    def row(*aps):
+        return {"per_seed": {str(s): {"bbox": {"AP": ap}} for s, ap in enumerate(aps)}}
+
+    entry = {"rows": {"nearest@1000": row(30, 32), "nearest@2000": row(40, 42), "nearest@4000": row(42, 42)}}
+    r = budget_reading(entry, 2000)
+    assert r["state"] == "near plateau" and r["at_budget"] == 41.0 and r["slope"] == 0.5
+    assert budget_reading(entry, 1000)["state"] == "below plateau"
+    assert budget_reading(entry, 3000)["at_budget"] is None
+    entry["rows"]["nearest@4000"] = row(60, 62)  # still rising: no budget is near a plateau
+    r = budget_reading(entry, 4000)
+    assert r["state"] == "below plateau" and r["slope"] == 10.0
+    assert budget_reading({"rows": {}}, 2000)["state"] == "unknown"
+
+
 def test_fingerprint_ignores_what_cannot_change_the_numbers():
     from srfkit.experiments import fingerprint
     from srfkit.profiles import get_profile
