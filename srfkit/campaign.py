@@ -34,6 +34,7 @@ from .profiles import Profile, get_profile
 from .results import RESULTS_DIR, load_result, results_path
 
 __all__ = [
+    "DETECTRON2_EXPERIMENTS",
     "SEED_COUNTS",
     "PlannedCell",
     "plan",
@@ -55,7 +56,10 @@ SEED_COUNTS: dict[str, int] = {
     "adversarial_grad": 3,
     "detectors": 3,
     "cross_head": 3,
+    "d2_cascade": 3,
 }
+# Experiments that need detectron2 (srfkit.detection.d2): left out of a default plan without it.
+DETECTRON2_EXPERIMENTS = ("d2_cascade",)
 
 
 @dataclass(frozen=True)
@@ -83,10 +87,18 @@ def plan(
 ) -> list[PlannedCell]:
     """Every cell, ordered seed by seed (then dataset, experiment in :data:`SEED_COUNTS` order, row)."""
     profile = get_profile(profile)
-    experiments = experiments or [e for e in SEED_COUNTS if e in ROW_EXPERIMENTS]
+    from .detection.d2 import INSTALL_HINT, detectron2_available
+
+    if not experiments:
+        experiments = [e for e in SEED_COUNTS if e in ROW_EXPERIMENTS]
+        if not detectron2_available():
+            experiments = [e for e in experiments if e not in DETECTRON2_EXPERIMENTS]
     unknown = [e for e in experiments if e not in ROW_EXPERIMENTS]
     if unknown:
         raise ValueError(f"not campaign experiments: {', '.join(unknown)}; valid: {', '.join(ROW_EXPERIMENTS)}")
+    needs_d2 = [e for e in experiments if e in DETECTRON2_EXPERIMENTS]
+    if needs_d2 and not detectron2_available():
+        raise ImportError(f"{', '.join(needs_d2)} need detectron2. {INSTALL_HINT}")
     counts = {**SEED_COUNTS, **(seed_counts or {})}
     seeds = sorted({s for e in experiments for s in profile.seeds[: counts.get(e, len(profile.seeds))]})
     contexts = {

@@ -309,3 +309,33 @@ def test_compare_nearest_srf_reuses_g(tmp_path):
     assert (tmp_path / "cmp" / "nearest-seed0" / "model_final.pth").is_file()
     srf_state = torch.load(tmp_path / "cmp" / "srf-seed0" / "model_final.pth", weights_only=False)["model"]
     assert any(k.startswith("backbone.srf_module.") for k in srf_state)
+
+
+# ------------------------------------------------------------------------------ a campaign table
+
+
+@needs_d2
+def test_d2_cascade_cells_train_evaluate_and_cache(tmp_path):
+    from srfkit.experiments import run_experiment
+    from srfkit.results import load_result
+    from srfkit.train.evaluate import EVAL_CACHE, evaluate_stage
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    run_experiment("d2_cascade", "quick", "shapes", runs_root=runs, seeds=(0,), results_root=results, iters=2)
+    entry = load_result("quick", "d2_cascade", results)["datasets"]["shapes"]
+    assert set(entry["rows"]) == {"nearest", "srf_G"}
+    assert entry["comparisons"]["srf_G - nearest"]["bbox"]["n"] == 1
+    seed = runs / "quick" / "shapes" / "seed0"
+    srf = seed / "d2_cascade_rcnn_srf"
+    assert (srf / "model_final.pth").is_file() and (seed / "srf_gan_paper" / "final.pt").is_file()
+    state = torch.load(srf / "model_final.pth", weights_only=False)["model"]
+    assert any(k.startswith("backbone.srf_module.") for k in state)  # G is inside detectron2's FPN
+    # evaluate_stage reads a detectron2 run folder: cached under the checkpoint's hash, refused elsewhere
+    cached = json.loads((srf / EVAL_CACHE).read_text())["entries"]
+    assert [e["key"]["engine"] for e in cached] == ["detectron2"]
+    assert evaluate_stage(srf) == entry["rows"]["srf_G"]["per_seed"]["0"]
+    with pytest.raises(ValueError, match="its own val split"):
+        evaluate_stage(srf, dataset="trees")
+    (srf / "model_final.pth").rename(srf / "moved.pth")
+    with pytest.raises(FileNotFoundError, match="has not finished"):
+        evaluate_stage(srf)

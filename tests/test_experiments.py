@@ -202,6 +202,21 @@ def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, 
     assert not (tmp_path / "r" / "quick" / "shapes" / "seed0" / "curve_srf").exists()  # planning trains nothing
 
 
+def test_campaign_leaves_detectron2_tables_out_without_detectron2(tmp_path, monkeypatch):
+    import srfkit.detection.d2 as d2
+    from srfkit.campaign import DETECTRON2_EXPERIMENTS, plan
+
+    monkeypatch.setattr(d2, "detectron2_available", lambda: False)
+    cells = plan("quick", ["shapes"], None, None, tmp_path / "r", tmp_path / "res")
+    planned = {pc.cell.experiment for pc in cells}
+    assert planned and not planned & set(DETECTRON2_EXPERIMENTS)
+    with pytest.raises(ImportError, match="make d2"):
+        plan("quick", ["shapes"], ["d2_cascade"], None, tmp_path / "r", tmp_path / "res")
+    monkeypatch.setattr(d2, "detectron2_available", lambda: True)
+    cells = plan("quick", ["shapes"], ["d2_cascade"], {"d2_cascade": 1}, tmp_path / "r", tmp_path / "res")
+    assert [pc.cell.row for pc in cells] == ["nearest", "srf_G"]  # planned without importing detectron2
+
+
 def test_a_cell_of_new_settings_drops_the_seeds_of_old_ones(tmp_path):
     from srfkit.results import update_cell
 

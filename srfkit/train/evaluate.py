@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..detection.d2 import FINAL_CHECKPOINT, RUN_RECORD
 from ..profiles import Profile
 from .checkpoint import FINAL_NAME
 from .loaders import load_detector, load_profile, read_stage
@@ -31,6 +32,17 @@ def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def build_record(dataset: str, profile: Profile) -> dict | None:
+    """The dataset build's ``BUILD.json`` (builder version, seed, settings) without its summary, or ``None``."""
+    from ..data import dataset_dir
+
+    build = dataset_dir(dataset, profile) / "BUILD.json"
+    record = json.loads(build.read_text()) if build.is_file() else None
+    if record is not None:
+        record.pop("summary", None)
+    return record
+
+
 def evaluation_key(
     stage_dir: Path,
     dataset: str,
@@ -41,16 +53,10 @@ def evaluation_key(
     checkpoint: Path | None = None,
 ) -> dict:
     """Everything that changes a stage's AP (see the module doc); plain JSON values."""
-    from ..data import dataset_dir
-
-    build = dataset_dir(dataset, profile) / "BUILD.json"
-    record = json.loads(build.read_text()) if build.is_file() else None
-    if record is not None:
-        record.pop("summary", None)
     return {
         "dataset": dataset,
         "split": split,
-        "dataset_build": record,
+        "dataset_build": build_record(dataset, profile),
         "full_resolution": bool(full_resolution),
         "eval_images": int(eval_images),
         "checkpoint": (checkpoint or stage_dir / FINAL_NAME).name,
@@ -91,6 +97,8 @@ def evaluate_stage(
     from ..eval import coco_evaluate
 
     stage_dir = Path(stage_dir)
+    if (stage_dir / RUN_RECORD).is_file():
+        return _evaluate_detectron2(stage_dir, dataset, split, cache)
     payload = read_stage(stage_dir)
     checkpoint = None
     if not stage_dir.is_dir():  # one checkpoint of a stage folder
@@ -113,11 +121,53 @@ def evaluate_stage(
     val = load(dataset, split=split, profile=profile)
     metrics = coco_evaluate(model, val, max_images=eval_images or None, progress=progress)
     if cache:
-        from ..fileio import write_json
-
-        entries = [e for e in _read_cache(cache_file) if e.get("key") != key] + [{"key": key, "metrics": metrics}]
-        write_json(cache_file, {"format": "srfkit-eval-2", "entries": entries})
+        _write_cache(cache_file, key, metrics)
     return metrics
+
+
+def _evaluate_detectron2(output_dir: Path, dataset: str | None, split: str, cache: bool) -> dict:
+    """:func:`evaluate_stage` of a detectron2 run folder (``srfkit.detection.d2``): COCOEvaluator on val."""
+    from ..detection.d2 import require_detectron2
+    from ..profiles import get_profile
+
+    record = json.loads((output_dir / RUN_RECORD).read_text())
+    trained_on = record["dataset"]
+    if dataset not in (None, trained_on):
+        raise ValueError(
+            f"{output_dir}: a detectron2 run on {trained_on!r} is evaluated on its own val split, not {dataset!r}"
+        )
+    if split != "val":
+        raise ValueError(f"{output_dir}: a detectron2 run is evaluated on its val split (DATASETS.TEST), not {split!r}")
+    final = output_dir / FINAL_CHECKPOINT
+    if not final.is_file():
+        raise FileNotFoundError(f"{output_dir}: training has not finished (no {FINAL_CHECKPOINT})")
+    profile = get_profile(record["register"]["profile"])
+    key = {
+        "engine": "detectron2",
+        "dataset": trained_on,
+        "split": split,
+        "dataset_build": None if trained_on == "coco" else build_record(trained_on, profile),
+        "checkpoint": FINAL_CHECKPOINT,
+        "checkpoint_sha1": file_sha1(final),
+    }
+    cache_file = output_dir / EVAL_CACHE
+    for entry in _read_cache(cache_file) if cache else []:
+        if entry.get("key") == key:
+            return entry["metrics"]
+    require_detectron2()
+    from ..detection.d2.engine import evaluate_output_dir
+
+    metrics = evaluate_output_dir(output_dir)
+    if cache:
+        _write_cache(cache_file, key, metrics)
+    return metrics
+
+
+def _write_cache(path: Path, key: dict, metrics: dict) -> None:
+    from ..fileio import write_json
+
+    entries = [e for e in _read_cache(path) if e.get("key") != key] + [{"key": key, "metrics": metrics}]
+    write_json(path, {"format": "srfkit-eval-2", "entries": entries})
 
 
 def _read_cache(path: Path) -> list[dict]:

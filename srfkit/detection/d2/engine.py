@@ -21,10 +21,20 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from ...eval.coco_eval import METRIC_NAMES
 from ...profiles import Profile, get_profile
+from . import FINAL_CHECKPOINT, RUN_RECORD
 from .config import get_config
 from .data import dataset_name, num_classes, register_coco_root, register_dataset
 
-__all__ = ["Trainer", "compare_nearest_srf", "evaluate", "setup", "srfkit_metrics", "train_detector"]
+__all__ = [
+    "Trainer",
+    "compare_nearest_srf",
+    "evaluate",
+    "evaluate_output_dir",
+    "is_output_dir",
+    "setup",
+    "srfkit_metrics",
+    "train_detector",
+]
 
 
 class Trainer(DefaultTrainer):
@@ -161,9 +171,19 @@ def train_detector(
     cfg = setup(arch, dataset, p, coco_root, data_root, output_dir=output_dir, **config_kwargs)
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     (Path(cfg.OUTPUT_DIR) / "config.yaml").write_text(cfg.dump())
-    register = {"profile": p.name, "coco_root": str(coco_root) if coco_root else None, "data_root": data_root}
+    register = {
+        "profile": p.name,
+        "coco_root": str(coco_root) if coco_root else None,
+        "data_root": str(data_root) if data_root else None,
+    }
     if dataset != "coco":
         register["shipped"] = [(dataset, "train"), (dataset, "val")]
+    from ...fileio import write_json
+
+    write_json(
+        Path(cfg.OUTPUT_DIR) / RUN_RECORD,
+        {"format": "srfkit-d2-run-1", "arch": arch, "dataset": dataset, "register": register},
+    )
     cfg.freeze()
     if num_gpus * num_machines <= 1:
         return _train_worker(cfg, resume, register, run_eval)
@@ -177,6 +197,46 @@ def train_detector(
     )
     result = Path(cfg.OUTPUT_DIR) / "srfkit_result.json"
     return json.loads(result.read_text())["metrics"] if result.is_file() else {}
+
+
+def is_output_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder that :func:`train_detector` wrote (it holds :data:`RUN_RECORD`)."""
+    return (Path(path) / RUN_RECORD).is_file()
+
+
+def evaluate_output_dir(output_dir: str | Path) -> dict[str, dict[str, float]]:
+    """COCOEvaluator on the val split of a finished :func:`train_detector` folder (its ``model_final.pth``).
+
+    The data are registered again from the folder's :data:`RUN_RECORD`, the model is rebuilt from its
+    ``config.yaml``. Raises ``FileNotFoundError`` naming the folder when it is not such a folder or its
+    training has not finished.
+    """
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from .backbone import add_srf_config
+
+    output_dir = Path(output_dir)
+    if not is_output_dir(output_dir):
+        raise FileNotFoundError(f"{output_dir}: not a detectron2 run folder of srfkit (no {RUN_RECORD})")
+    final = output_dir / FINAL_CHECKPOINT
+    if not final.is_file():
+        raise FileNotFoundError(f"{output_dir}: training has not finished (no {FINAL_CHECKPOINT})")
+    record = json.loads((output_dir / RUN_RECORD).read_text())
+    register = record["register"]
+    if register.get("coco_root"):
+        register_coco_root(register["coco_root"])
+    for name, split in register.get("shipped", []):
+        register_dataset(name, register["profile"], split, register.get("data_root"))
+    cfg = add_srf_config(get_cfg())
+    cfg.merge_from_file(str(output_dir / "config.yaml"))
+    cfg.MODEL.SRF.WEIGHTS = ""  # the checkpoint holds G; the stage-1 file may be gone on a new machine
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.freeze()
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(final))
+    return evaluate(cfg, model)
 
 
 def compare_nearest_srf(
