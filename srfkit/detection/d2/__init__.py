@@ -20,7 +20,12 @@ from __future__ import annotations
 
 import importlib.util
 
-__all__ = ["INSTALL_HINT", "detectron2_available", "require_detectron2"]
+__all__ = ["FINAL_CHECKPOINT", "INSTALL_HINT", "RUN_RECORD", "detectron2_available", "require_detectron2"]
+
+# What train_detector writes into OUTPUT_DIR before training: how to register the data again and which
+# dataset the run trained on, so that a finished folder can be evaluated later (engine.evaluate_output_dir).
+RUN_RECORD = "srfkit_run.json"
+FINAL_CHECKPOINT = "model_final.pth"  # detectron2's last checkpoint of a finished run
 
 INSTALL_HINT = (
     "detectron2 is not installed in this environment. srfkit builds it from the vendored source: "
