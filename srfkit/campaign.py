@@ -39,6 +39,7 @@ __all__ = [
     "PlannedCell",
     "plan",
     "remaining",
+    "select_rows",
     "stage_plan",
     "run_campaign",
     "configure_parser",
@@ -124,6 +125,15 @@ def plan(
                 if seed in ctx.seeds:
                     cells += [PlannedCell(Cell(e, d, row, seed), ctx, table) for row in table.rows]
     return cells
+
+
+def select_rows(cells: list[PlannedCell], rows: list[str]) -> list[PlannedCell]:
+    """The planned cells of the named rows (order kept); a name that no planned table has is an error."""
+    known = {row for pc in cells for row in pc.table.rows}
+    unknown = [r for r in rows if r not in known]
+    if unknown:
+        raise ValueError(f"no planned table has row(s) {', '.join(unknown)}; rows: {', '.join(sorted(known))}")
+    return [pc for pc in cells if pc.cell.row in rows]
 
 
 def remaining(cells: list[PlannedCell], seconds_per_step: float | None = None) -> tuple[list[PlannedCell], str]:
@@ -252,6 +262,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker", type=int, default=0, help="this process's index among --workers [%(default)s]")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the campaign (seeds split) [%(default)s]")
     p.add_argument("--plan", action="store_true", help="print what remains and the estimate, run nothing")
+    p.add_argument(
+        "--rows",
+        default=None,
+        help="comma-separated row names: run only those cells now (e.g. A1,A2 over every seed before the "
+        "rest); the other rows stay planned for a later run",
+    )
     p.add_argument("--commit", action="store_true", help="git-commit each result file as its cell lands")
     p.add_argument("--max-hours", type=float, default=None, help="start no new cell after this many hours")
     p.add_argument("--weights-backbone", type=Path, metavar="PATH", help="local ResNet state dict (paper profile)")
@@ -273,6 +289,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         weights_backbone=args.weights_backbone,
         progress=args.progress,
     )
+    if args.rows:
+        cells = select_rows(cells, args.rows.split(","))
     _, report = remaining(cells)
     print(report, flush=True)
     if args.plan:

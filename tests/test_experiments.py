@@ -202,6 +202,16 @@ def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, 
     assert not (tmp_path / "r" / "quick" / "shapes" / "seed0" / "curve_srf").exists()  # planning trains nothing
 
 
+def test_campaign_selects_rows_across_seeds(tmp_path):
+    from srfkit.campaign import plan, select_rows
+
+    cells = plan("cpu", ["shapes"], ["progressive"], {"progressive": 2}, tmp_path / "r", tmp_path / "res")
+    chosen = select_rows(cells, ["A1", "A2"])
+    assert [(pc.cell.row, pc.cell.seed) for pc in chosen] == [("A1", 0), ("A2", 0), ("A1", 1), ("A2", 1)]
+    with pytest.raises(ValueError, match="A9"):
+        select_rows(cells, ["A1", "A9"])
+
+
 def test_campaign_leaves_detectron2_tables_out_without_detectron2(tmp_path, monkeypatch):
     import srfkit.detection.d2 as d2
     from srfkit.campaign import DETECTRON2_EXPERIMENTS, plan
