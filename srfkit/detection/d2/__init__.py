@@ -9,6 +9,8 @@ Submodules:
 * :mod:`.backbone`: :class:`~.backbone.SRFFPN` (detectron2's FPN with any srfkit upsampler as its
   top-down step, named ``srf_module`` as in the authors' code), ``add_srf_config`` and the registered
   backbone builders (srfkit's names and the authors' three names).
+* :mod:`.centermask`: CenterMask (detectron2's FCOS + srfkit's SAG-Mask branch), registered as
+  ``MODEL.META_ARCHITECTURE`` ``SRFCenterMask``.
 * :mod:`.config`: the packaged YAML configs and :func:`~.config.get_config`.
 * :mod:`.data`: the shipped datasets registered in ``DatasetCatalog``.
 * :mod:`.engine`: training with detectron2's trainer, COCOEvaluator, the nearest-vs-SRF experiment.
