@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import importlib.util
 
-__all__ = ["FINAL_CHECKPOINT", "INSTALL_HINT", "RUN_RECORD", "detectron2_available", "require_detectron2"]
+__all__ = ["ARCHS", "FINAL_CHECKPOINT", "INSTALL_HINT", "RUN_RECORD", "detectron2_available", "require_detectron2"]
 
 # What train_detector writes into OUTPUT_DIR before training: how to register the data again and which
 # dataset the run trained on, so that a finished folder can be evaluated later (engine.evaluate_output_dir).
+# The detectors of the detectron2 engine (each has a packaged YAML config; see .config).
+ARCHS = ("mask_rcnn", "faster_rcnn", "retinanet", "cascade_mask_rcnn", "cascade_rcnn", "centermask")
 RUN_RECORD = "srfkit_run.json"
 FINAL_CHECKPOINT = "model_final.pth"  # detectron2's last checkpoint of a finished run
 

@@ -16,18 +16,16 @@ import argparse
 import json
 import sys
 
-from . import INSTALL_HINT, detectron2_available
+from . import ARCHS, INSTALL_HINT, detectron2_available
 
 __all__ = ["configure_parser", "run_from_args"]
-
-_ARCHS = ("mask_rcnn", "faster_rcnn", "retinanet", "cascade_mask_rcnn", "cascade_rcnn")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``d2-train`` options to ``parser`` and return it."""
     from ...models import upsampler_names
 
-    parser.add_argument("--arch", default="mask_rcnn", choices=_ARCHS, help="detector (default: mask_rcnn)")
+    parser.add_argument("--arch", default="mask_rcnn", choices=ARCHS, help="detector (default: mask_rcnn)")
     parser.add_argument("--profile", default="quick", help="quick, cpu (sizes from the profile) or paper (YAML)")
     parser.add_argument("--schedule", default="1x", choices=("1x", "3x"), help="paper profile's schedule")
     parser.add_argument("--dataset", default="shapes", help="a shipped dataset, or 'coco' with --coco-root")

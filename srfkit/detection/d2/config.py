@@ -15,13 +15,13 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 
 from ...profiles import Profile, get_profile
+from . import ARCHS
 from . import centermask as _centermask  # noqa: F401  (registers META_ARCHITECTURE "SRFCenterMask")
 from .backbone import add_srf_config
 
 __all__ = ["ARCHS", "CONFIG_DIR", "SCHEDULES", "apply_profile", "config_file", "get_config"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-ARCHS = ("mask_rcnn", "faster_rcnn", "retinanet", "cascade_mask_rcnn", "cascade_rcnn", "centermask")
 SCHEDULES = ("1x", "3x")
 _NORMS = {"group": "GN", "batch": "BN", "frozen": "FrozenBN"}
 
