@@ -155,7 +155,24 @@ def _configure_guide(p: argparse.ArgumentParser) -> None:
 def _configure_srf_gan(p: argparse.ArgumentParser) -> None:
     _data_options(p)
     _out(p, "output folder (checkpoints, metrics.jsonl, config.json)")
-    p.add_argument("--guide", type=Path, required=True, metavar="DIR", help="finished guide stage folder (gives F)")
+    g = p.add_argument_group("F, the frozen feature extractor: --guide DIR, or --guide-config with --guide-weights")
+    g.add_argument(
+        "--guide",
+        type=Path,
+        metavar="DIR",
+        help="finished guide stage folder, or a detectron2 output folder (config.yaml + model_final.pth)",
+    )
+    g.add_argument(
+        "--guide-config",
+        metavar="YAML",
+        help="detectron2 config of F: a YAML file, a srfkit d2 arch or a detectron2 model-zoo config name",
+    )
+    g.add_argument(
+        "--guide-weights",
+        type=Path,
+        metavar="FILE",
+        help="detectron2 checkpoint of F (.pth/.pkl, your file; nothing is downloaded)",
+    )
     p.add_argument("--variant", default="paper", help="generator form: paper, released, light, depthwise [%(default)s]")
     p.add_argument("--num-blocks", type=int, help="residual blocks of G [variant's default]")
     p.add_argument(
@@ -297,20 +314,33 @@ def _srf_kwargs(args: argparse.Namespace) -> dict:
     return dict(l1_weight=args.l1_weight, adv_weight=args.adv_weight, adversarial_grad=args.adversarial_grad)
 
 
-def _run_srf_gan(args: argparse.Namespace) -> None:
+def _run_srf_gan(args: argparse.Namespace) -> int | None:
     from .train import train_srf_gan
 
-    _report(
-        train_srf_gan(
+    if args.guide is None and args.guide_config is None and args.guide_weights is None:
+        print("error: give F: --guide DIR, or --guide-config with --guide-weights", file=sys.stderr)
+        return 2
+    try:
+        result = train_srf_gan(
             out_dir=args.out,
             guide_dir=args.guide,
+            guide_config=args.guide_config,
+            guide_weights=args.guide_weights,
             variant=args.variant,
             num_blocks=args.num_blocks,
             discriminator_head=args.d_head,
             **_srf_kwargs(args),
             **_common(args),
         )
-    )
+    except ImportError as err:
+        from .detection.d2 import INSTALL_HINT
+
+        if str(err) != INSTALL_HINT:
+            raise
+        print(f"error: {err}", file=sys.stderr)  # a detectron2 F without detectron2: how to install it
+        return 2
+    _report(result)
+    return None
 
 
 def _run_extractor(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ from ..detection import SRF_LEVELS, FeatureExtractor, pyramid_keys, srf_level_ke
 from ..profiles import Profile
 from .adversarial import AdversarialStage, LevelMap
 from .inputs import PAD_DIVISOR, dataset_info, degrade, resize_to_profile
-from .loaders import load_feature_extractor, read_stage
+from .loaders import load_guide_features
 from .loop import StageResult, seed_everything, train_loop
 from .losses import ADV_WEIGHT
 from .prepare import prepare_stage
@@ -39,7 +39,8 @@ class SRFGANStage(AdversarialStage):
 
     Args:
         generator: G (``forward(x, size)``); ``generator_cfg``: its spec.
-        discriminator: D; ``extractor``: F (frozen here).
+        discriminator: D; ``extractor``: F (frozen here): srfkit's ``FeatureExtractor`` or detectron2's
+            ``D2FeatureExtractor`` (same contract: ``normalize``, ``backbone``, srfkit's level keys).
         profile: sizes; ``dataset``: for the config.
         l1_weight, adv_weight: weights of the L1 and adversarial terms in G's loss (1 and 1e-3).
         adversarial_grad: let the adversarial term's gradient reach G (False: the authors' AFI-GAN training code).
@@ -119,7 +120,9 @@ def train_srf_gan(
     seed: int = 0,
     resume: bool = False,
     *,
-    guide_dir: str | Path,
+    guide_dir: str | Path | None = None,
+    guide_config: str | Path | None = None,
+    guide_weights: str | Path | None = None,
     variant: str = "paper",
     num_blocks: int | None = None,
     l1_weight: float = 1.0,
@@ -132,7 +135,12 @@ def train_srf_gan(
     """Stage 1: train G (``SRFGenerator``, width ``profile.fpn_channels``) and D against the guide's F.
 
     Args:
-        guide_dir: a finished guide stage (its backbone + FPN is F, frozen).
+        guide_dir: a finished guide stage (its backbone + FPN is F, frozen), or a detectron2 output folder
+            (``config.yaml`` + ``model_final.pth``: detectron2's backbone + FPN is F, as in the paper).
+        guide_config, guide_weights: instead of ``guide_dir``, a detectron2 config (YAML file, srfkit d2 arch
+            or model-zoo config name) and the user's checkpoint (nothing is downloaded). A detectron2 F must
+            have P2-P5 and ``profile.fpn_channels`` channels (``ValueError`` otherwise); see
+            :func:`~srfkit.train.loaders.load_guide_features`.
         variant, num_blocks: generator form (``paper``, ``released``, ``light``, ``depthwise``).
         l1_weight, adv_weight: weights of L1 and of the adversarial term (lambda = 1e-3).
         adversarial_grad: False reproduces the authors' training code (AFI-GAN repository): the adversarial
@@ -144,7 +152,7 @@ def train_srf_gan(
     """
     setup = prepare_stage(profile, dataset, options, detector=False)
     profile, data = setup.profile, setup.data
-    guide = read_stage(guide_dir)
+    guide = load_guide_features(guide_dir, guide_config, guide_weights, channels=profile.fpn_channels)
     seed_everything(seed)
     spec = generator_spec(profile.fpn_channels, variant, num_blocks)
     d_spec = discriminator_spec(profile, discriminator_head)
@@ -152,15 +160,15 @@ def train_srf_gan(
         build_upsampler(spec),
         spec,
         build_discriminator(d_spec),
-        load_feature_extractor(guide),
+        guide.extractor,
         profile,
         data,
         l1_weight=l1_weight,
         adv_weight=adv_weight,
         adversarial_grad=adversarial_grad,
         degrade_mode=degrade_mode,
-        guide_config=guide["config"]["detector"],
-        sources={"guide": str(guide_dir)},
+        guide_config=guide.config,
+        sources=guide.sources,
         discriminator_cfg=d_spec,
     )
     return train_loop(stage, data, out_dir, profile.srf_gan, seed, resume, setup.loop)
