@@ -152,9 +152,8 @@ def _configure_guide(p: argparse.ArgumentParser) -> None:
     _loop_options(p)
 
 
-def _configure_srf_gan(p: argparse.ArgumentParser) -> None:
-    _data_options(p)
-    _out(p, "output folder (checkpoints, metrics.jsonl, config.json)")
+def _guide_options(p: argparse.ArgumentParser) -> None:
+    """F of stages 1 and 2: a srfkit guide or detectron2 output folder, or a detectron2 config + checkpoint."""
     g = p.add_argument_group("F, the frozen feature extractor: --guide DIR, or --guide-config with --guide-weights")
     g.add_argument(
         "--guide",
@@ -173,6 +172,30 @@ def _configure_srf_gan(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="detectron2 checkpoint of F (.pth/.pkl, your file; nothing is downloaded)",
     )
+
+
+def _guide_kwargs(args: argparse.Namespace) -> dict | None:
+    """The guide arguments of a train_* call, or ``None`` (after printing why) when no F was given."""
+    if args.guide is None and args.guide_config is None and args.guide_weights is None:
+        print("error: give F: --guide DIR, or --guide-config with --guide-weights", file=sys.stderr)
+        return None
+    return dict(guide_dir=args.guide, guide_config=args.guide_config, guide_weights=args.guide_weights)
+
+
+def _without_detectron2(err: ImportError) -> int:
+    """Exit status 2 with the install hint for a detectron2 F without detectron2; other errors propagate."""
+    from .detection.d2 import INSTALL_HINT
+
+    if str(err) != INSTALL_HINT:
+        raise err
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+def _configure_srf_gan(p: argparse.ArgumentParser) -> None:
+    _data_options(p)
+    _out(p, "output folder (checkpoints, metrics.jsonl, config.json)")
+    _guide_options(p)
     p.add_argument("--variant", default="paper", help="generator form: paper, released, light, depthwise [%(default)s]")
     p.add_argument("--num-blocks", type=int, help="residual blocks of G [variant's default]")
     p.add_argument(
@@ -188,7 +211,7 @@ def _configure_srf_gan(p: argparse.ArgumentParser) -> None:
 def _configure_extractor(p: argparse.ArgumentParser) -> None:
     _data_options(p)
     _out(p, "output folder (checkpoints, metrics.jsonl, config.json)")
-    p.add_argument("--guide", type=Path, required=True, metavar="DIR", help="finished guide stage folder (F)")
+    _guide_options(p)
     p.add_argument("--srf-gan", type=Path, required=True, metavar="DIR", help="finished srf-gan stage folder (G, D)")
     _arch(p, what="extractor head")
     p.add_argument(
@@ -317,15 +340,13 @@ def _srf_kwargs(args: argparse.Namespace) -> dict:
 def _run_srf_gan(args: argparse.Namespace) -> int | None:
     from .train import train_srf_gan
 
-    if args.guide is None and args.guide_config is None and args.guide_weights is None:
-        print("error: give F: --guide DIR, or --guide-config with --guide-weights", file=sys.stderr)
+    guide = _guide_kwargs(args)
+    if guide is None:
         return 2
     try:
         result = train_srf_gan(
             out_dir=args.out,
-            guide_dir=args.guide,
-            guide_config=args.guide_config,
-            guide_weights=args.guide_weights,
+            **guide,
             variant=args.variant,
             num_blocks=args.num_blocks,
             discriminator_head=args.d_head,
@@ -333,23 +354,21 @@ def _run_srf_gan(args: argparse.Namespace) -> int | None:
             **_common(args),
         )
     except ImportError as err:
-        from .detection.d2 import INSTALL_HINT
-
-        if str(err) != INSTALL_HINT:
-            raise
-        print(f"error: {err}", file=sys.stderr)  # a detectron2 F without detectron2: how to install it
-        return 2
+        return _without_detectron2(err)
     _report(result)
     return None
 
 
-def _run_extractor(args: argparse.Namespace) -> None:
+def _run_extractor(args: argparse.Namespace) -> int | None:
     from .train import train_extractor
 
-    _report(
-        train_extractor(
+    guide = _guide_kwargs(args)
+    if guide is None:
+        return 2
+    try:
+        result = train_extractor(
             out_dir=args.out,
-            guide_dir=args.guide,
+            **guide,
             srf_gan_dir=args.srf_gan,
             arch=args.arch,
             semantic_level=args.semantic_level,
@@ -357,7 +376,10 @@ def _run_extractor(args: argparse.Namespace) -> None:
             **_srf_kwargs(args),
             **_common(args),
         )
-    )
+    except ImportError as err:
+        return _without_detectron2(err)
+    _report(result)
+    return None
 
 
 def _run_target(args: argparse.Namespace) -> None:

@@ -228,6 +228,28 @@ def test_srf_gan_trains_on_a_detectron2_folder_and_records_it(d2_run, d2_stage):
 
 
 @needs_d2
+def test_stage_2_takes_the_same_detectron2_f(d2_run, d2_stage, tmp_path):
+    from srfkit.train import read_stage, train_extractor
+    from srfkit.train.evaluate import file_sha1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train_extractor(
+            QUICK, "shapes", tmp_path / "m", guide_dir=d2_run, srf_gan_dir=d2_stage.out_dir, iters=2, **FAST
+        )
+    assert result.steps == 2
+    payload = read_stage(result.out_dir)
+    guide = payload["config"]["guide"]
+    assert guide["engine"] == "detectron2" and guide["weights_sha1"] == file_sha1(d2_run / "model_final.pth")
+    rows = [json.loads(r) for r in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor([r["srf_l1"], r["srf_adv"]])).all() and r["srf_l1"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="init_from_guide"):  # a detectron2 F has no srfkit backbone to copy
+        train_extractor(QUICK, "shapes", tmp_path / "m2", guide_dir=d2_run, srf_gan_dir=d2_stage.out_dir,
+                        init_from_guide=True, iters=2, **FAST)  # fmt: skip
+    assert not (tmp_path / "m2").exists()
+
+
+@needs_d2
 def test_explicit_config_and_weights_give_the_same_run(d2_run, d2_stage, tmp_path):
     from srfkit.train import read_stage, train_srf_gan
 
@@ -344,3 +366,8 @@ def test_cli_takes_a_detectron2_folder_or_config_and_weights(d2_run, tmp_path, c
     assert cli.main(["srf-gan", *CLI, "--out", str(tmp_path / "d")]) == 2
     assert "--guide-config" in capsys.readouterr().err
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+    # stage 2 from the command line takes the same F
+    stage2 = ["extractor", *CLI, "--out", str(tmp_path / "m"), *explicit, "--srf-gan", str(tmp_path / "a")]
+    assert cli.main([*stage2, "--iters", "1"]) == 0
+    assert read_stage(tmp_path / "m")["config"]["guide"]["engine"] == "detectron2"
+    assert cli.main(["extractor", *CLI, "--out", str(tmp_path / "m2"), "--srf-gan", str(tmp_path / "a")]) == 2

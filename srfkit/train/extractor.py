@@ -37,7 +37,7 @@ from ..profiles import Profile
 from .adversarial import AdversarialStage, LevelMap
 from .checkpoint import load_module_state
 from .inputs import PAD_DIVISOR, dataset_info, degrade, resize_to_profile
-from .loaders import load_detector, load_feature_extractor, load_generator, read_stage
+from .loaders import load_detector, load_generator, load_guide_features, read_stage
 from .loop import StageResult, seed_everything, train_loop
 from .losses import ADV_WEIGHT, crop_common
 from .prepare import prepare_stage
@@ -203,8 +203,10 @@ def train_extractor(
     seed: int = 0,
     resume: bool = False,
     *,
-    guide_dir: str | Path,
+    guide_dir: str | Path | None = None,
     srf_gan_dir: str | Path | None,
+    guide_config: str | Path | None = None,
+    guide_weights: str | Path | None = None,
     arch: str | None = None,
     upsampler: str | None = None,
     semantic_level: str = "same",
@@ -219,7 +221,9 @@ def train_extractor(
     """Stage 2: train M (detection + per-level SRF loss against the guide) and D, on degraded images.
 
     Args:
-        guide_dir: finished guide stage (F).
+        guide_dir: finished guide stage (F), or a detectron2 output folder (``config.yaml`` and
+            ``model_final.pth``); ``guide_config`` + ``guide_weights``: a detectron2 config and checkpoint
+            instead (see :func:`~srfkit.train.loaders.load_guide_features`).
         srf_gan_dir: finished srf-gan stage (G inside M's FPN, D); ``None`` with ``upsampler``.
         upsampler: with ``srf_gan_dir=None``, M's FPN upsampler (registry name) and a fresh D: the
             method without G (the ``nearest_M`` control: same detection and feature losses).
@@ -239,7 +243,12 @@ def train_extractor(
     profile, data, arch = setup.profile, setup.data, setup.arch
     if (srf_gan_dir is None) == (upsampler is None):
         raise ValueError("train_extractor takes either srf_gan_dir (G and D of stage 1) or upsampler (no G)")
-    guide = read_stage(guide_dir)
+    guide_f = load_guide_features(guide_dir, guide_config, guide_weights, channels=profile.fpn_channels)
+    if init_from_guide and guide_f.config.get("engine") == "detectron2":
+        raise ValueError(
+            f"init_from_guide copies a srfkit guide's backbone; {guide_dir or guide_config} is a detectron2 F"
+        )
+    guide = read_stage(guide_dir) if init_from_guide else None
     srf_gan = read_stage(srf_gan_dir) if srf_gan_dir is not None else None
     seed_everything(seed)
     _check_semantic_level(semantic_level)
@@ -258,7 +267,7 @@ def train_extractor(
         spec,
         disc,
         disc_cfg,
-        load_feature_extractor(guide),
+        guide_f.extractor,
         profile,
         data,
         semantic_level=semantic_level,
@@ -267,12 +276,12 @@ def train_extractor(
         adversarial_grad=adversarial_grad,
         degrade_mode=degrade_mode,
         extra={
-            "guide": guide["config"]["detector"],
+            "guide": guide_f.config,
             "srf_gan": srf_gan["config"]["generator"] if srf_gan else None,
             "init_from_guide": init_from_guide,
         },
         sources={
-            "guide": str(guide_dir),
+            **guide_f.sources,
             "srf_gan": str(srf_gan_dir) if srf_gan_dir else None,
             "weights_backbone": str(weights_backbone) if weights_backbone else None,
         },

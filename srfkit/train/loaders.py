@@ -108,7 +108,7 @@ D2_CONFIG = "config.yaml"  # what detectron2's train_net (and srfkit's d2 train_
 
 @dataclass(frozen=True)
 class GuideFeatures:
-    """Stage 1's F and how the stage records it.
+    """F (stages 1 and 2) and how the stage records it.
 
     Attributes:
         extractor: F, frozen (a :class:`~srfkit.detection.FeatureExtractor` or a detectron2
