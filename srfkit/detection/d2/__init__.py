@@ -15,6 +15,8 @@ Submodules:
 * :mod:`.data`: the shipped datasets registered in ``DatasetCatalog``.
 * :mod:`.engine`: training with detectron2's trainer, COCOEvaluator, the nearest-vs-SRF experiment.
 * :mod:`.features`: a detectron2 backbone + FPN as srfkit's feature extractor F.
+* :mod:`.transfer`: a srfkit torchvision detector's ResNet body, FPN convs (level by level) and G as
+  the start of a detectron2 SRF-FPN backbone, never its heads (``train_detector(..., init_from=M)``).
 * :mod:`.cli`: ``configure_parser(parser)`` and ``run_from_args(args)`` of the ``d2-train`` command.
 """
 

@@ -8,6 +8,7 @@ is missing). Examples::
     python -m srfkit d2-train --arch mask_rcnn --profile paper --dataset coco --coco-root /data/coco \\
         --srf-weights runs/paper/srf-gan --num-gpus 8 --out runs/d2/mask-1x MODEL.WEIGHTS R-50.pkl
     python -m srfkit d2-train --compare --arch cascade_rcnn --profile cpu --seed 0 --srf-weights runs/cpu/srf-gan
+    python -m srfkit d2-train --arch cascade_mask_rcnn --profile cpu --init-from runs/cpu/extractor --out runs/d2/m
 """
 
 from __future__ import annotations
@@ -31,12 +32,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--dataset", default="shapes", help="a shipped dataset, or 'coco' with --coco-root")
     parser.add_argument("--coco-root", default=None, help="COCO 2017 folder (train2017/, val2017/, annotations/)")
     parser.add_argument("--data-root", default=None, help="where shipped datasets are built")
-    parser.add_argument("--upsampler", default="srf", choices=upsampler_names(), help="FPN top-down step")
-    parser.add_argument("--variant", default="released", help="G variant for --upsampler srf (default: released)")
+    parser.add_argument(
+        "--upsampler",
+        default=None,
+        choices=upsampler_names(),
+        help="FPN top-down step (default: srf, or the --init-from stage's)",
+    )
+    parser.add_argument(
+        "--variant", default=None, help="G variant for --upsampler srf (default: released, or the --init-from stage's)"
+    )
     parser.add_argument(
         "--srf-weights", default=None, help="G: a srfkit srf-gan stage folder/checkpoint or the authors' checkpoint"
     )
     parser.add_argument("--srf-freeze", action="store_true", help="MODEL.SRF_FREEZE: keep G fixed")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="a srfkit stage folder with a detector (the stage-2 extractor M): its ResNet, FPN convs and G start "
+        "the detectron2 backbone, never its heads; the report goes to OUT/transfer.json",
+    )
     parser.add_argument("--seed", type=int, default=0, help="SEED of detectron2 (weights and data order) [%(default)s]")
     parser.add_argument("--out", default="runs/d2", help="OUTPUT_DIR (default: runs/d2)")
     parser.add_argument("--device", default=None, help="MODEL.DEVICE (default: cuda if available, else cpu)")
@@ -69,28 +84,34 @@ def run_from_args(args: argparse.Namespace) -> int:
         coco_root=args.coco_root,
         data_root=args.data_root,
         schedule=args.schedule,
-        variant=args.variant,
         device=args.device,
         opts=args.opts or None,
         resume=args.resume,
         run_eval=not args.no_eval,
         **launch,
     )
+    if args.variant is not None:  # else get_config's default, or the --init-from stage's G
+        common["variant"] = args.variant
     if args.compare:
         if not args.srf_weights:
             print("srfkit d2-train: --compare needs --srf-weights (the G to reuse)", file=sys.stderr)
+            return 2
+        if args.init_from:
+            print("srfkit d2-train: --compare trains from scratch; --init-from is for one run", file=sys.stderr)
             return 2
         result = compare_nearest_srf(
             args.srf_weights, seed=args.seed, out_dir=args.out, arch=args.arch, srf_freeze=args.srf_freeze, **common
         )
     else:
+        if args.upsampler is not None:
+            common["upsampler"] = args.upsampler
         result = train_detector(
             args.arch,
             output_dir=args.out,
             seed=args.seed,
-            upsampler=args.upsampler,
             srf_weights=args.srf_weights,
             srf_freeze=args.srf_freeze,
+            init_from=args.init_from,
             **common,
         )
     print(json.dumps(result, indent=2))

@@ -25,7 +25,11 @@ from . import FINAL_CHECKPOINT, RUN_RECORD
 from .config import get_config
 from .data import dataset_name, num_classes, register_coco_root, register_dataset
 
+# What train_detector(..., init_from=...) writes into OUTPUT_DIR: the report of the backbone transfer.
+TRANSFER_REPORT = "transfer.json"
+
 __all__ = [
+    "TRANSFER_REPORT",
     "Trainer",
     "compare_nearest_srf",
     "evaluate",
@@ -114,14 +118,33 @@ def evaluate(cfg: CfgNode, model) -> dict[str, dict[str, float]]:
     return srfkit_metrics(Trainer.test(cfg, model))
 
 
-def _train_worker(cfg: CfgNode, resume: bool, register: dict, run_eval: bool) -> dict:
+def _init_from_torchvision(trainer: Trainer, cfg: CfgNode, init: dict, resumed: bool) -> None:
+    """Start the model's backbone + FPN + G from a srfkit stage's detector (after detectron2's own load)."""
+    out = Path(cfg.OUTPUT_DIR) / TRANSFER_REPORT
+    if resumed:  # the checkpoint holds the transferred, then trained, weights
+        return
+    from ...fileio import write_json
+    from ...train import load_detector
+    from .transfer import torchvision_to_detectron2
+
+    report = torchvision_to_detectron2(load_detector(init["dir"]), trainer.model, upsampler=init["upsampler"])
+    if not init["upsampler"]:
+        report["not_copied"]["upsampler"] = init["upsampler_note"]
+    if comm.is_main_process():
+        write_json(out, {"init_from": init["dir"], "config_changes": init["config_changes"], **report})
+
+
+def _train_worker(cfg: CfgNode, resume: bool, register: dict, run_eval: bool, init: dict | None = None) -> dict:
     # Each process registers the data itself (DatasetCatalog is per process).
     if register.get("coco_root"):
         register_coco_root(register["coco_root"])
     for name, split in register.get("shipped", []):
         register_dataset(name, register["profile"], split, register.get("data_root"))
     trainer = Trainer(cfg)
+    resumed = resume and trainer.checkpointer.has_checkpoint()
     trainer.resume_or_load(resume=resume)
+    if init is not None:
+        _init_from_torchvision(trainer, cfg, init, resumed)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -130,6 +153,68 @@ def _train_worker(cfg: CfgNode, resume: bool, register: dict, run_eval: bool) ->
         record = {"metrics": metrics, "train_seconds": round(seconds, 2), "iters": cfg.SOLVER.MAX_ITER}
         (Path(cfg.OUTPUT_DIR) / "srfkit_result.json").write_text(json.dumps(record, indent=2))
     return metrics
+
+
+def _init_source(init_from: str | Path, config_kwargs: dict) -> tuple[dict, torch.nn.Module]:
+    """Read the srfkit stage ``init_from``; default the FPN upsampler to its G; refuse a second G."""
+    from ...train import load_detector, read_stage
+
+    spec = read_stage(init_from)["config"].get("detector")
+    if spec is None:
+        raise ValueError(f"init_from={init_from}: the stage has no detector (a srf-gan stage? pass it as srf_weights)")
+    source = load_detector(init_from)
+    g = spec["upsampler"]
+    config_kwargs.setdefault("upsampler", g["name"])
+    if g["name"] == "srf":
+        config_kwargs.setdefault("variant", g.get("kwargs", {}).get("variant") or "paper")
+    copy_g = config_kwargs["upsampler"] == g["name"]
+    if copy_g and config_kwargs.get("srf_weights"):
+        raise ValueError(
+            f"init_from={init_from} starts srf_module from its G; srf_weights={config_kwargs['srf_weights']} "
+            "would be overwritten: pass one of them"
+        )
+    init = {
+        "dir": str(init_from),
+        "upsampler": copy_g,
+        "upsampler_note": f"the detectron2 FPN's upsampler is {config_kwargs['upsampler']!r}, the source's "
+        f"{g['name']!r}: G not copied",
+        "num_blocks": g.get("kwargs", {}).get("num_blocks") if copy_g else None,
+        "config_changes": {},
+    }
+    return init, source
+
+
+def _fit_config_to_source(cfg: CfgNode, source: torch.nn.Module, init: dict) -> None:
+    """Set what the torchvision backbone needs in ``cfg`` (in place) and record each change in ``init``.
+
+    torchvision strides a bottleneck in its 3x3 conv (``STRIDE_IN_1X1 False``), is not dilated, and sees
+    RGB normalised with its transform's mean and std; a G with a non-default depth needs ``NUM_BLOCKS``.
+    """
+    transform = source.transform
+    wanted = {
+        "INPUT.FORMAT": "RGB",
+        "MODEL.PIXEL_MEAN": [255.0 * float(v) for v in transform.image_mean],
+        "MODEL.PIXEL_STD": [255.0 * float(v) for v in transform.image_std],
+        "MODEL.RESNETS.RES5_DILATION": 1,
+    }
+    if cfg.MODEL.RESNETS.DEPTH >= 50:
+        wanted["MODEL.RESNETS.STRIDE_IN_1X1"] = False
+    if init["num_blocks"] is not None:
+        wanted["MODEL.SRF.NUM_BLOCKS"] = int(init["num_blocks"])
+    for key, value in wanted.items():
+        *path, leaf = key.split(".")
+        node = cfg
+        for part in path:
+            node = node[part]
+        old = node[leaf]
+        same = (
+            all(math.isclose(float(a), float(b), rel_tol=1e-6) for a, b in zip(old, value)) and len(old) == len(value)
+            if isinstance(value, list)
+            else old == value
+        )
+        if not same:
+            node[leaf] = value
+            init["config_changes"][key] = [list(old) if isinstance(old, list | tuple) else old, value]
 
 
 def train_detector(
@@ -145,6 +230,7 @@ def train_detector(
     dist_url: str = "auto",
     coco_root: str | Path | None = None,
     data_root: str | Path | None = None,
+    init_from: str | Path | None = None,
     **config_kwargs,
 ) -> dict:
     """Train one SRF-FPN detector with detectron2's trainer and evaluate it with COCOEvaluator.
@@ -160,6 +246,15 @@ def train_detector(
             one process per GPU).
         coco_root: COCO 2017 folder when ``dataset == "coco"``.
         data_root: where the shipped datasets are built (default: srfkit's data root).
+        init_from: a srfkit stage folder with a detector (the stage-2 extractor M; also a guide or
+            target stage): its ResNet body, FPN convs (level by level) and FPN upsampler G start the
+            detectron2 model's ``bottom_up``, ``fpn_lateral{k}``/``fpn_output{k}`` and ``srf_module``,
+            after detectron2's own initialisation and ``MODEL.WEIGHTS`` (never its heads; not on a
+            resumed run, whose checkpoint already holds them). The upsampler and G variant default to
+            M's (another upsampler name: the FPN convs and body are copied, G is not); the config gets
+            what the torchvision backbone needs (``STRIDE_IN_1X1 False``, RGB, M's pixel statistics).
+            :func:`~srfkit.detection.d2.transfer.torchvision_to_detectron2`'s report, with those config
+            changes, is written to ``OUTPUT_DIR/transfer.json`` (:data:`TRANSFER_REPORT`).
         **config_kwargs: :func:`~srfkit.detection.d2.config.get_config` options (``upsampler``,
             ``variant``, ``srf_weights``, ``srf_freeze``, ``schedule``, ``seed``, ``opts``, ``device``).
 
@@ -168,7 +263,13 @@ def train_detector(
         processes, the main process's copy.
     """
     p = get_profile(profile)
+    init = None
+    if init_from is not None:
+        init, source = _init_source(init_from, config_kwargs)
     cfg = setup(arch, dataset, p, coco_root, data_root, output_dir=output_dir, **config_kwargs)
+    if init is not None:
+        _fit_config_to_source(cfg, source, init)
+        del source
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     (Path(cfg.OUTPUT_DIR) / "config.yaml").write_text(cfg.dump())
     register = {
@@ -182,18 +283,24 @@ def train_detector(
 
     write_json(
         Path(cfg.OUTPUT_DIR) / RUN_RECORD,
-        {"format": "srfkit-d2-run-1", "arch": arch, "dataset": dataset, "register": register},
+        {
+            "format": "srfkit-d2-run-1",
+            "arch": arch,
+            "dataset": dataset,
+            "register": register,
+            "init_from": str(init_from) if init_from is not None else None,
+        },
     )
     cfg.freeze()
     if num_gpus * num_machines <= 1:
-        return _train_worker(cfg, resume, register, run_eval)
+        return _train_worker(cfg, resume, register, run_eval, init)
     launch(
         _train_worker,
         num_gpus,
         num_machines=num_machines,
         machine_rank=machine_rank,
         dist_url=dist_url,
-        args=(cfg, resume, register, run_eval),
+        args=(cfg, resume, register, run_eval, init),
     )
     result = Path(cfg.OUTPUT_DIR) / "srfkit_result.json"
     return json.loads(result.read_text())["metrics"] if result.is_file() else {}
