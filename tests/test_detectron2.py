@@ -327,6 +327,8 @@ def test_d2_cascade_cells_train_evaluate_and_cache(tmp_path):
     assert entry["comparisons"]["srf_G - nearest"]["bbox"]["n"] == 1
     seed = runs / "quick" / "shapes" / "seed0"
     srf = seed / "d2_cascade_rcnn_srf"
+    logged = (srf / "metrics.json").read_text()
+    assert "total_loss" in logged and "bbox/AP" not in logged  # training itself evaluated nothing
     assert (srf / "model_final.pth").is_file() and (seed / "srf_gan_paper" / "final.pt").is_file()
     state = torch.load(srf / "model_final.pth", weights_only=False)["model"]
     assert any(k.startswith("backbone.srf_module.") for k in state)  # G is inside detectron2's FPN

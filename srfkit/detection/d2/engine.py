@@ -73,6 +73,17 @@ class Trainer(DefaultTrainer):
     def build_writers(self) -> list:
         return [CommonMetricPrinter(self.max_iter), JSONWriter(str(Path(self.cfg.OUTPUT_DIR) / "metrics.json"))]
 
+    def build_hooks(self) -> list:
+        """DefaultTrainer's hooks without its EvalHook when ``TEST.EVAL_PERIOD`` is 0: that hook evaluates
+        after the last step whatever the period, and :func:`train_detector` evaluates once itself
+        (``run_eval``), so a campaign cell would otherwise be scored twice, or once when asked not to be."""
+        hooks = super().build_hooks()
+        if self.cfg.TEST.EVAL_PERIOD > 0:
+            return hooks
+        from detectron2.engine.hooks import EvalHook
+
+        return [h for h in hooks if not isinstance(h, EvalHook)]
+
 
 def srfkit_metrics(results: dict) -> dict[str, dict[str, float]]:
     """COCOEvaluator's results as srfkit's ``{task: {AP, AP50, AP75, APs, APm, APl}}`` (percent, NaN kept).
