@@ -110,10 +110,9 @@ def evaluate_stage(
     eval_images = profile.eval_images if eval_images is None else eval_images
     key = evaluation_key(stage_dir, dataset, split, full_resolution, eval_images, profile, checkpoint)
     cache_file = stage_dir / EVAL_CACHE
-    entries = _read_cache(cache_file) if cache else []
-    for entry in entries:
-        if entry.get("key") == key:
-            return entry["metrics"]
+    cached = _cached(cache_file, key) if cache else None
+    if cached is not None:
+        return cached
     model = load_detector(payload)
     if full_resolution:
         model.transform.min_size = (profile.image_size,)
@@ -151,9 +150,9 @@ def _evaluate_detectron2(output_dir: Path, dataset: str | None, split: str, cach
         "checkpoint_sha1": file_sha1(final),
     }
     cache_file = output_dir / EVAL_CACHE
-    for entry in _read_cache(cache_file) if cache else []:
-        if entry.get("key") == key:
-            return entry["metrics"]
+    cached = _cached(cache_file, key) if cache else None
+    if cached is not None:
+        return cached
     require_detectron2()
     from ..detection.d2.engine import evaluate_output_dir
 
@@ -161,6 +160,11 @@ def _evaluate_detectron2(output_dir: Path, dataset: str | None, split: str, cach
     if cache:
         _write_cache(cache_file, key, metrics)
     return metrics
+
+
+def _cached(path: Path, key: dict) -> dict | None:
+    """The metrics cached under ``key`` in an eval cache, or ``None``."""
+    return next((e["metrics"] for e in _read_cache(path) if e.get("key") == key), None)
 
 
 def _write_cache(path: Path, key: dict, metrics: dict) -> None:
