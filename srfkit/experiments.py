@@ -84,10 +84,31 @@ class Runs:
         from .train import train_guide
 
         name = "guide" if (upsampler, arch) == ("nearest", None) else f"det_{arch or 'default'}_{upsampler}"
+        if (name != "guide" or iters is not None) and self.on_curve(upsampler, arch, iters or self.profile.guide.iters):
+            return self.curve(upsampler, iters or self.profile.guide.iters)
         kwargs = dict(upsampler=upsampler, arch=arch, weights_backbone=self.weights_backbone)
         if iters is None:
             return self._train(train_guide, name, **kwargs)
         return self._train(train_guide, f"{name}_{iters}steps", iters=iters, **kwargs)
+
+    def on_curve(self, upsampler: str, arch: str | None, steps: int) -> bool:
+        """Whether a detector trained from scratch for ``steps`` with the guide schedule is a point of a
+        learning-curve chain (:meth:`curve`), so that the chain's checkpoint can stand for it.
+
+        True when the guide schedule has a constant rate (no milestones: then ``steps`` steps of the
+        guide schedule are the chain's first ``steps`` steps, the same data order and learning rates),
+        ``steps`` is one of the profile's ``curve_budgets``, the detector is the guide's architecture
+        with an upsampler that the curve trains, and no loop option overrides the stage lengths. The
+        chain is deterministic: the cpu guide at 2,000 steps equals the chain's 2,000-step checkpoint
+        in every digit of its AP (data/results/cpu progressive A1 against learning_curve nearest@2000).
+        """
+        return (
+            arch is None
+            and upsampler in CURVE_UPSAMPLERS
+            and not self.profile.guide.milestones
+            and steps in self.profile.curve_budgets
+            and "iters" not in self.options
+        )
 
     def reuse_m_steps(self) -> int:
         """Optimiser steps behind a target detector that reuses M: stage 2's plus stage 3's."""
@@ -167,7 +188,9 @@ class Runs:
         out = self.folder / f"curve_{upsampler}"
         wanted = checkpoint_path(out, None if budget == top else budget)
         if self.record is not None:
-            self.record[out] = {"stage": "guide", "steps": top, "upsampler": upsampler}
+            # A table row may need only the chain's first ``budget`` steps: plan the longest need.
+            steps = max(budget, self.record.get(out, {}).get("steps", 0))
+            self.record[out] = {"stage": "guide", "steps": steps, "upsampler": upsampler}
         elif not wanted.is_file():
             options = {k: v for k, v in self.options.items() if k != "iters"}  # the chain sets its own length
             # The chain's recorded profile carries only its own schedule (and no seed list or budgets), so

@@ -1,5 +1,6 @@
 """The experiment runner writes complete, honest result files (quick profile, few steps)."""
 
+import dataclasses
 import json
 import math
 
@@ -176,6 +177,45 @@ def test_learning_curve_cells_land_one_by_one_and_resume(tmp_path):
     run_experiment("learning_curve", "quick", "shapes", runs_root=runs, results_root=results, progress=False)
     assert "0" in load_result("quick", "learning_curve", results)["datasets"]["shapes"]["rows"]["srf@4"]["per_seed"]
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*.pt")} == stamps
+
+
+def test_rows_on_a_learning_curve_chain_reuse_its_checkpoint(tmp_path):
+    from srfkit.experiments import Runs
+    from srfkit.profiles import get_profile
+
+    cpu = get_profile("cpu")  # constant-rate guide; 2,000 and 4,000 are curve budgets
+    runs = Runs(cpu, "shapes", 0, tmp_path, record={})
+    seed = tmp_path / "cpu" / "shapes" / "seed0"
+    assert runs.detector("srf") == seed / "curve_srf" / "step_002000.pt"  # srf_scratch
+    assert runs.detector(iters=4000) == seed / "curve_nearest" / "final.pt"  # A1_matched (the chain's end)
+    assert runs.detector() == seed / "guide"  # stage 1 needs the guide's folder
+    assert runs.detector("bilinear") == seed / "det_default_bilinear"  # no curve for it
+    assert runs.detector("srf", arch="retinanet") == seed / "det_retinanet_srf"
+    assert runs.detector(iters=3500) == seed / "guide_3500steps"  # not a budget of the curve
+    assert runs.record[seed / "curve_srf"]["steps"] == 2000  # planned: only what the row needs
+    decayed = cpu.replace(guide=dataclasses.replace(cpu.guide, milestones=(2 / 3,)))
+    assert Runs(decayed, "shapes", 0, tmp_path, record={}).detector("srf") == seed / "det_default_srf"
+    assert Runs(cpu, "shapes", 0, tmp_path, {"iters": 3}, record={}).detector("srf") == seed / "det_default_srf"
+
+
+def test_a_curve_checkpoint_equals_the_detector_trained_for_that_budget(tmp_path):
+    """The reuse above is exact: the chain stopped and resumed at each budget gives the same weights
+    as one run of the guide schedule for that many steps."""
+    from srfkit.experiments import Runs
+    from srfkit.profiles import get_profile
+    from srfkit.train import train_guide
+    from srfkit.train.checkpoint import checkpoint_path, load_checkpoint
+
+    quick = get_profile("quick")
+    flat = quick.replace(guide=dataclasses.replace(quick.guide, iters=4, milestones=()), curve_budgets=(2, 4, 6))
+    runs = Runs(flat, "shapes", 0, tmp_path / "runs", {"progress": False})
+    runs.curve("srf", 2)
+    chain = runs.detector("srf")  # 4 steps: resumes the chain stopped at 2
+    assert chain.name == "step_000004.pt"
+    alone = tmp_path / "alone"
+    train_guide(flat, "shapes", alone, seed=0, upsampler="srf", progress=False)
+    a, b = load_checkpoint(chain)["models"]["detector"], load_checkpoint(checkpoint_path(alone))["models"]["detector"]
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, capsys):
