@@ -14,7 +14,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -41,6 +41,9 @@ __all__ = [
     "merge_entry",
     "plateau",
     "budget_reading",
+    "PAPER_EQUAL_AP",
+    "paper_agreement",
+    "unmeasured_paper_rows",
 ]
 
 RESULTS_DIR = (repo_root() or Path.cwd()) / "data" / "results"  # outside a checkout: under the working directory
@@ -360,3 +363,70 @@ def budget_reading(entry: Mapping, budget: int, row_prefix: str = "nearest", tol
     else:
         state = "near plateau"
     return {**p, "budget": budget, "at_budget": points.get(budget), "slope": slope, "state": state}
+
+
+# Differences between two of the paper's rows up to this size (box AP) are read as "equal in the paper":
+# its tables print one decimal (Table 5's bilinear and bicubic sit 0.0 and -0.1 from nearest).
+PAPER_EQUAL_AP = 0.2
+
+
+def paper_agreement(
+    compared: Mapping[str, Mapping],
+    paper_rows: Mapping[str, Sequence],
+    columns: Sequence[str],
+    as_paper: Mapping[str, str] | None = None,
+    column: str = "AP box",
+) -> dict[str, dict]:
+    """What the paper says of each paired comparison ``"row - baseline"``, and whether ours agrees.
+
+    Args:
+        compared: ``{"row - baseline": paired_difference(...)}`` (box AP), as the result files store them.
+        paper_rows: the paper table's rows (:data:`srfkit.reference.PAPER_TABLES` ``[...]["rows"]``).
+        columns: that table's column names; ``column`` picks the value compared.
+        as_paper: our row -> the paper row it plays (default: the same name where the paper has it),
+            e.g. ``{"srf_M": "srf", "A1_matched": "A1"}``: a budget-matched baseline plays the paper's
+            baseline, a stricter test of the same claim.
+
+    Returns:
+        ``{comparison: {"paper": "A - B" or None, "paper_diff": float or None, "ours": mean, "low",
+        "high", "n", "verdict": ours, "status": ...}}``. ``status`` follows from our interval's verdict alone:
+        ``"reproduced"`` (the paper's sign, or no difference where the paper's rows are equal within
+        :data:`PAPER_EQUAL_AP`), ``"opposite"`` (a gain where the paper has a loss, or the reverse),
+        ``"differs"`` (a gain or loss where the paper's rows are equal), ``"undecided"`` (no detectable
+        difference where the paper has one: the interval cannot tell at this scale), ``"too few seeds"``
+        (one seed, or no objects) and ``"not in the paper"`` (a control: no paper row for one side).
+    """
+    index = list(columns).index(column)
+    as_paper = dict(as_paper or {})
+    out = {}
+    for name, c in compared.items():
+        row, _, base = name.partition(" - ")
+        p_row, p_base = (as_paper.get(r, r) for r in (row, base))
+        verdict = c["verdict"]
+        entry = {"paper": None, "paper_diff": None, "ours": c["mean"], "low": c.get("low", math.nan),
+                 "high": c.get("high", math.nan), "n": c.get("n", 0), "verdict": verdict}  # fmt: skip
+        if p_row not in paper_rows or p_base not in paper_rows or p_row == p_base:
+            out[name] = {**entry, "status": "not in the paper"}
+            continue
+        diff = float(paper_rows[p_row][index]) - float(paper_rows[p_base][index])
+        entry.update(paper=f"{p_row} - {p_base}", paper_diff=diff)
+        paper_sign = 0 if abs(diff) <= PAPER_EQUAL_AP else (1 if diff > 0 else -1)
+        ours_sign = {"gain": 1, "loss": -1}.get(verdict, 0)
+        if verdict in ("one seed", "no objects"):
+            status = "too few seeds"
+        elif ours_sign == paper_sign:
+            status = "reproduced"
+        elif paper_sign == 0:
+            status = "differs"
+        elif ours_sign == 0:
+            status = "undecided"
+        else:
+            status = "opposite"
+        out[name] = {**entry, "status": status}
+    return out
+
+
+def unmeasured_paper_rows(agreement: Mapping[str, Mapping], paper_rows: Mapping, baselines: Sequence[str]) -> list[str]:
+    """The paper's rows (other than ``baselines``) that no comparison of ``agreement`` measures yet."""
+    measured = {a["paper"].partition(" - ")[0] for a in agreement.values() if a.get("paper")}
+    return [r for r in paper_rows if r not in measured and r not in baselines]

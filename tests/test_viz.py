@@ -272,3 +272,80 @@ def test_fidelity_rows_mean_over_seeds():
     levels, rows = fidelity_rows(doc, "shapes", "val")
     assert levels == ["0", "1"] and [r[0] for r in rows] == ["nearest"]
     assert rows[0][1]["mean"] == 2.0 and rows[0][1]["n"] == 2 and rows[0][2]["std"] == 0.0
+
+
+def test_paper_agreement_reads_each_comparison_against_the_papers_rows():
+    from srfkit.reference import paper_table
+    from srfkit.results import paired_difference, paper_agreement
+    from srfkit.viz.book import agreement_table, table_reading
+
+    def seeds(*aps):
+        return {str(s): {"bbox": {"AP": ap}} for s, ap in enumerate(aps)}
+
+    rows = {
+        "A1": {"per_seed": seeds(10, 11, 12)},
+        "A2": {"per_seed": seeds(16, 17.5, 18)},  # gain; the paper: +0.8
+        "A3": {"per_seed": seeds(12.5, 13.4, 14.6)},  # gain; the paper: A3 below A1 (-6.5)
+        "A1_matched": {"per_seed": seeds(20, 22, 24)},
+        "A5": {"per_seed": seeds(21, 21, 25)},  # vs A1_matched: undecided; the paper's A5 - A1 is +2.6
+        "A4": {"per_seed": seeds(20.5)},  # one seed
+    }
+    pairs = [("A2", "A1"), ("A3", "A1"), ("A5", "A1_matched"), ("A4", "A1_matched"), ("A1_matched", "A1")]
+    compared = {f"{r} - {b}": paired_difference(rows, r, b) for r, b in pairs}
+    table = paper_table("table4_progressive")
+    got = paper_agreement(compared, table["rows"], table["columns"], as_paper={"A1_matched": "A1"})
+    assert got["A2 - A1"]["status"] == "reproduced" and got["A2 - A1"]["paper_diff"] == pytest.approx(0.8)
+    assert got["A3 - A1"]["status"] == "opposite" and got["A3 - A1"]["paper"] == "A3 - A1"
+    assert got["A5 - A1_matched"]["status"] == "undecided" and got["A5 - A1_matched"]["paper"] == "A5 - A1"
+    assert got["A4 - A1_matched"]["status"] == "too few seeds"
+    assert got["A1_matched - A1"]["status"] == "not in the paper"  # both sides play the paper's A1
+    # rows the paper prints as equal (Table 5: bilinear 0.0, bicubic -0.1 from nearest)
+    t5 = paper_table("table5_interpolation")
+    rows5 = {"nearest": {"per_seed": seeds(10, 11, 12)}, "bilinear": {"per_seed": seeds(10.2, 10.9, 12.1)},
+             "bicubic": {"per_seed": seeds(12, 13, 14)}}  # fmt: skip
+    five = paper_agreement({f"{r} - nearest": paired_difference(rows5, r, "nearest") for r in ("bilinear", "bicubic")},
+                           t5["rows"], t5["columns"])  # fmt: skip
+    assert five["bilinear - nearest"]["status"] == "reproduced" and five["bicubic - nearest"]["status"] == "differs"
+    text = table_reading(got, missing=["A4"], regime="At 2,000 steps.")
+    assert text.startswith("**Reproduced:** A2 - A1 (paper +0.8; ours +6.2, 95% ")
+    assert "**Opposite to the paper:** A3 - A1" in text and "**Cannot be told at this scale:** A5 - A1_matched" in text
+    assert "**Not measured yet:** A4." in text and text.endswith("At 2,000 steps.")
+    html = agreement_table(got).data
+    assert "A5 - A1" in html and "undecided" in html and ">2.6</td>" in html
+    assert table_reading({}) == "*No comparison in this file yet.*"
+
+
+def test_provenance_table_lists_each_rows_cells():
+    from srfkit.viz.book import provenance_table
+
+    cells = {
+        "0": {"git_commit": "16bc91b6b9", "finished_utc": "2026-11-29T10:00:00Z", "stage": "cpu/shapes/seed0/guide"},
+        "1": {"git_commit": "0144b642aa", "finished_utc": "2026-11-30T08:27:06Z", "stage": "cpu/shapes/seed1/guide"},
+    }
+    doc = {"datasets": {"shapes": {"rows": {"A1": {"per_seed": {"1": {}, "0": {}}, "cells": cells}}}}}
+    html = provenance_table(doc, "shapes").data
+    assert "<td>0, 1</td>" in html and "0144b64, 16bc91b" in html and "2026-11-29 to 2026-11-30" in html
+    assert "<td>guide</td>" in html
+    curve_cells = {"0": {"git_commit": "0144b642aa", "stage": "cpu/shapes/seed0/curve_srf/step_002000.pt"}}
+    doc["datasets"]["shapes"]["rows"]["srf_scratch"] = {"per_seed": {"0": {}}, "cells": curve_cells}
+    assert "<td>curve_srf/step_002000.pt</td>" in provenance_table(doc, "shapes").data
+
+
+def test_unmeasured_rows_and_regime_sentence():
+    from srfkit.results import unmeasured_paper_rows
+    from srfkit.viz.book import regime_sentence
+
+    agreement = {"A2 - A1": {"paper": "A2 - A1"}, "A5 - A1_matched": {"paper": "A5 - A1"}, "x - A1": {"paper": None}}
+    rows = {"A1": [], "A2": [], "A3": [], "A4": [], "A5": []}
+    assert unmeasured_paper_rows(agreement, rows, ["A1"]) == ["A3", "A4"]
+
+    def seeds(*aps):
+        return {str(s): {"bbox": {"AP": ap}} for s, ap in enumerate(aps)}
+
+    curve = {"datasets": {"shapes": {"rows": {"nearest@1000": {"per_seed": seeds(20, 22)},
+                                              "nearest@2000": {"per_seed": seeds(45, 47)},
+                                              "nearest@4000": {"per_seed": seeds(72, 74)}}}}}  # fmt: skip
+    text = regime_sentence(curve, "shapes", 2000)
+    assert "trains 2,000 steps" in text and "below plateau (46.0 box AP there" in text and "13.5 AP per 1,000" in text
+    assert "learns faster" in text
+    assert regime_sentence(None, "shapes", 2000) == "" and regime_sentence(curve, "trees", 2000) == ""

@@ -45,6 +45,10 @@ __all__ = [
     "plot_paper_vs_ours",
     "fidelity_gains",
     "fidelity_rows",
+    "provenance_table",
+    "agreement_table",
+    "table_reading",
+    "regime_sentence",
 ]
 
 
@@ -238,7 +242,8 @@ def result_source(doc: Mapping, path: str | Path | None = None) -> str:
         parts.append(f"`{dataset}`: seeds {seeds}{took}")
     return (
         f"*Source: `{path}`, written by "
-        f"`python -m srfkit experiments` at commit `{prov.get('git_commit', '?')}` on {prov.get('device', '?')}, "
+        "srfkit's experiment runner (`python -m srfkit campaign` / `experiments`) at commit "
+        f"`{prov.get('git_commit', '?')}` on {prov.get('device', '?')}, "
         f"finished {prov.get('finished_utc', '?')} ({'; '.join(parts)}).*"
     )
 
@@ -506,3 +511,88 @@ def fidelity_rows(doc: Mapping, dataset: str, image_set: str, metric: str = "l1"
             levels = list(next(iter(per_seed.values())))
         rows.append([name, *(mean_std([per_seed[s][lv][metric] for s in per_seed]) for lv in levels)])
     return levels, rows
+
+
+def provenance_table(doc: Mapping, dataset: str, caption: str = ""):
+    """Per-row provenance of a result entry: seeds, the commits and dates their cells were computed
+    at, and the stage each was evaluated from (cells written by the campaign carry these)."""
+    rows = []
+    for name, row in doc.get("datasets", {}).get(dataset, {}).get("rows", {}).items():
+        cells = row.get("cells") or {}
+        seeds = sorted(row.get("per_seed", {}), key=int)
+        commits = sorted({c.get("git_commit", "?")[:7] for c in cells.values()})
+        dates = sorted(c.get("finished_utc", "")[:10] for c in cells.values() if c.get("finished_utc"))
+        stages = sorted({_stage_label(c["stage"]) for c in cells.values() if c.get("stage")})
+        when = "-" if not dates else dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+        rows.append([name, ", ".join(seeds), ", ".join(commits) or "-", when, ", ".join(stages) or "-"])
+    return html_table(
+        ["row", "seeds", "commit(s)", "computed (UTC)", "evaluated stage"], rows, caption=caption or "Provenance"
+    )
+
+
+def _stage_label(stage: str) -> str:
+    """A stage folder's name, or ``folder/file`` for a checkpoint (a learning-curve point)."""
+    path = Path(stage)
+    return f"{path.parent.name}/{path.name}" if path.suffix == ".pt" else path.name
+
+
+def agreement_table(agreement: Mapping[str, Mapping], caption: str = ""):
+    """:func:`srfkit.results.paper_agreement` as a table: the paper's difference beside ours."""
+    rows = [[n, a["paper"] or "-", a["paper_diff"], a["ours"], a["verdict"], a["status"]] for n, a in agreement.items()]
+    header = ["ours (row - baseline)", "paper's rows", "paper box AP difference", "ours (mean)", "our verdict"]
+    header.append("reading")
+    return html_table(header, rows, caption=caption, digits=1)
+
+
+_READING_ORDER = ("reproduced", "opposite", "differs", "undecided", "too few seeds", "not in the paper")
+_READING_WORDS = {
+    "reproduced": "Reproduced",
+    "opposite": "Opposite to the paper",
+    "differs": "Not reproduced (the paper's rows are equal, ours differ)",
+    "undecided": "Cannot be told at this scale",
+    "too few seeds": "Too few seeds for an interval",
+    "not in the paper": "Controls not in the paper",
+}
+
+
+def table_reading(agreement: Mapping[str, Mapping], missing: list[str] | None = None, regime: str = "") -> str:
+    """A closing paragraph for one table: what reproduced, what did not, what cannot be told here.
+
+    Args:
+        agreement: :func:`srfkit.results.paper_agreement` of the table's comparisons.
+        missing: the paper's rows that have no measured comparison yet.
+        regime: a sentence on the scale (e.g. where the budget sits on the learning curve).
+    """
+    groups: dict[str, list[str]] = {}
+    for name, a in agreement.items():
+        paper = "" if a["paper_diff"] is None else f"paper {a['paper_diff']:+.1f}; "
+        ours = "-" if not math.isfinite(a["ours"]) else f"{a['ours']:+.1f}"
+        if math.isfinite(a.get("low", math.nan)):
+            ours += f", 95% {a['low']:+.1f} to {a['high']:+.1f}"
+        groups.setdefault(a["status"], []).append(f"{name} ({paper}ours {ours}, n={a['n']}: {a['verdict']})")
+    parts = [f"**{_READING_WORDS[k]}:** " + "; ".join(groups[k]) + "." for k in _READING_ORDER if k in groups]
+    if missing:
+        parts.append(f"**Not measured yet:** {', '.join(missing)}.")
+    if not parts:
+        parts.append("*No comparison in this file yet.*")
+    return " ".join(parts + ([regime] if regime else []))
+
+
+def regime_sentence(curve_doc: Mapping | None, dataset: str, budget: int) -> str:
+    """Where a table's training budget sits on the learning curve (:func:`srfkit.results.budget_reading`),
+    and what that means for reading its verdicts; empty without a curve for ``dataset``."""
+    from ..results import budget_reading
+
+    entry = (curve_doc or {}).get("datasets", {}).get(dataset)
+    if not entry:
+        return ""
+    r = budget_reading(entry, budget)
+    if r["state"] == "unknown":
+        return ""
+    at = f" ({r['at_budget']:.1f} box AP there" if r["at_budget"] is not None else " (no curve point there"
+    slope = f", still rising {r['slope']:.1f} AP per 1,000 steps at {r['budgets'][-1]:,})" if r["slope"] else ")"
+    if r["state"] == "below plateau":
+        meaning = "a gain here says a row learns faster at this budget, not that it reaches a higher plateau."
+    else:
+        meaning = "the baseline has learned the task, so a difference here is one of the final accuracy."
+    return f"*Regime: every row trains {budget:,} steps; the nearest baseline is {r['state']}{at}{slope}: {meaning}*"
