@@ -492,14 +492,26 @@ def semantic_level(ctx: ExperimentContext) -> dict:
     return Table(rows, (("different", "same"),))
 
 
+def _own_arch(ctx: ExperimentContext, archs: tuple[str, ...]) -> dict[str, str | None]:
+    """``{arch: None}`` for the dataset's default family (the guide's: Mask R-CNN with masks, else Faster
+    R-CNN), unchanged for the others: a row of that family is the same training as the default one, so it
+    shares its stage folders (``guide``, ``extractor_default``, ``target_default_*``) with Tables 4 and 5
+    instead of training a copy under another name."""
+    default = "mask_rcnn" if _has_masks(ctx) else "faster_rcnn"
+    return {arch: None if arch == default else arch for arch in archs}
+
+
 def cross_head(ctx: ExperimentContext) -> dict:
     """Table 3: target detectors (rows) trained from extractors with another detection head."""
     heads = ("mask_rcnn", "retinanet", "centermask") if _has_masks(ctx) else ("faster_rcnn", "retinanet")
+    own = _own_arch(ctx, heads)
     rows: dict[str, Callable[[Runs], Path]] = {}
     for target in heads:
-        rows[f"{target}/baseline"] = lambda r, t=target: r.detector(arch=t)
+        rows[f"{target}/baseline"] = lambda r, t=own[target]: r.detector(arch=t)
         for head in heads:
-            rows[f"{target}/{head}"] = lambda r, t=target, h=head: r.target("M", arch=t, extractor=r.extractor(arch=h))
+            rows[f"{target}/{head}"] = lambda r, t=own[target], h=own[head]: r.target(
+                "M", arch=t, extractor=r.extractor(arch=h)
+            )
     comparisons = tuple((row, row.split("/")[0] + "/baseline") for row in rows if not row.endswith("/baseline"))
     return Table(rows, comparisons)
 
@@ -507,11 +519,12 @@ def cross_head(ctx: ExperimentContext) -> dict:
 def detectors(ctx: ExperimentContext) -> dict:
     """Table 1: each detector family with nearest, with G reused and with M reused."""
     archs = ("faster_rcnn", "retinanet", "fcos") + (("mask_rcnn", "centermask") if _has_masks(ctx) else ())
+    own = _own_arch(ctx, archs)
     rows: dict[str, Callable[[Runs], Path]] = {}
     for arch in archs:
-        rows[f"{arch}/nearest"] = lambda r, a=arch: r.detector(arch=a)
-        rows[f"{arch}/G"] = lambda r, a=arch: r.target("G", arch=a)
-        rows[f"{arch}/M"] = lambda r, a=arch: r.target("M", arch=a)
+        rows[f"{arch}/nearest"] = lambda r, a=own[arch]: r.detector(arch=a)
+        rows[f"{arch}/G"] = lambda r, a=own[arch]: r.target("G", arch=a)
+        rows[f"{arch}/M"] = lambda r, a=own[arch]: r.target("M", arch=a)
     comparisons = tuple((row, row.split("/")[0] + "/nearest") for row in rows if not row.endswith("/nearest"))
     return Table(rows, comparisons)
 

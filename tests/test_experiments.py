@@ -198,6 +198,22 @@ def test_rows_on_a_learning_curve_chain_reuse_its_checkpoint(tmp_path):
     assert Runs(cpu, "shapes", 0, tmp_path, {"iters": 3}, record={}).detector("srf") == seed / "det_default_srf"
 
 
+def test_default_family_rows_share_the_stage_folders_of_tables_4_and_5(tmp_path):
+    from srfkit.experiments import ExperimentContext, Runs, cross_head, detectors, progressive
+    from srfkit.profiles import get_profile
+
+    ctx = ExperimentContext(get_profile("quick"), "shapes", (0,), tmp_path)  # shapes has masks: Mask R-CNN
+    runs = Runs(ctx.profile, "shapes", 0, tmp_path, record={})
+    table1, table3, table4 = detectors(ctx).rows, cross_head(ctx).rows, progressive(ctx).rows
+    assert table1["mask_rcnn/nearest"](runs) == table3["mask_rcnn/baseline"](runs) == table4["A1"](runs)
+    assert table1["mask_rcnn/G"](runs) == table4["A2"](runs)
+    assert table1["mask_rcnn/M"](runs) == table3["mask_rcnn/mask_rcnn"](runs) == table4["A5"](runs)
+    seed = tmp_path / "quick" / "shapes" / "seed0"
+    assert table3["retinanet/mask_rcnn"](runs) == seed / "target_retinanet_M_extractor_default"
+    assert table3["mask_rcnn/retinanet"](runs) == seed / "target_default_M_extractor_retinanet"
+    assert table1["fcos/nearest"](runs) == seed / "det_fcos_nearest"
+
+
 def test_a_curve_checkpoint_equals_the_detector_trained_for_that_budget(tmp_path):
     """The reuse above is exact: the chain stopped and resumed at each budget gives the same weights
     as one run of the guide schedule for that many steps."""
