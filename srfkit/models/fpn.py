@@ -11,7 +11,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyrami
 
 from .upsamplers import make_upsampler
 
-__all__ = ["PerStepUpsampler", "SRFFeaturePyramidNetwork"]
+__all__ = ["PerStepUpsampler", "SRFFeaturePyramidNetwork", "build_fpn_upsampler"]
 
 
 class PerStepUpsampler(nn.Module):
@@ -40,6 +40,60 @@ class PerStepUpsampler(nn.Module):
         return self.steps[step](x, size=size)
 
 
+def build_fpn_upsampler(
+    upsampler: str | nn.Module,
+    channels: int,
+    num_steps: int,
+    upsampler_kwargs: dict | None = None,
+    share: bool | None = None,
+) -> nn.Module:
+    """The top-down upsampler of an FPN with ``num_steps`` top-down steps: one shared module or one per step.
+
+    The one rule of both of srfkit's FPNs (:class:`SRFFeaturePyramidNetwork` and detectron2's
+    :class:`srfkit.detection.d2.backbone.SRFFPN`). The result maps (N, C, H, W) -> (N, C, *size):
+    shared, as ``module(x, size=size)``; per step, as ``module(x, size=size, step=i)`` with ``i`` the
+    finest-first index of the level the step makes (0 .. ``num_steps - 1``).
+
+    Args:
+        upsampler: a registry name (see :func:`srfkit.models.make_upsampler`), a module, or a
+            :class:`PerStepUpsampler` with ``num_steps`` modules (returned as it is; ``share=True``
+            refused).
+        channels: FPN width C.
+        num_steps: top-down steps of the FPN (its levels less one).
+        upsampler_kwargs: options passed to the registry constructor.
+        share: ``True``: one module for all steps. ``False``: a :class:`PerStepUpsampler`; by name each
+            module is built (and initialised) separately, while a module given is used for step 0 and
+            deep-copied for the others, each copy re-initialised with its ``reset_parameters()`` when it
+            has one. ``None``: per step for upsamplers that declare ``one_per_fpn_step = True``
+            (``dysample``, ``dysample_dynamic``, ``carafe``), shared for the rest (the ``srf``
+            generators and the fixed interpolations).
+    """
+    if isinstance(upsampler, PerStepUpsampler):
+        if share:
+            raise ValueError(f"a PerStepUpsampler ({len(upsampler)} modules) cannot serve as one shared upsampler")
+        if len(upsampler) != num_steps:
+            raise ValueError(
+                f"the PerStepUpsampler has {len(upsampler)} modules; the FPN has {num_steps} top-down steps"
+            )
+        return upsampler
+    kwargs = upsampler_kwargs or {}
+    first = make_upsampler(upsampler, channels, **kwargs)
+    if share is None:
+        share = not getattr(first, "one_per_fpn_step", False)
+    if share:
+        return first
+    modules = [first]
+    for _ in range(num_steps - 1):
+        if isinstance(upsampler, nn.Module):
+            module = copy.deepcopy(first)
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+        else:
+            module = make_upsampler(upsampler, channels, **kwargs)
+        modules.append(module)
+    return PerStepUpsampler(modules)
+
+
 class SRFFeaturePyramidNetwork(FeaturePyramidNetwork):
     """FPN whose top-down interpolation is a module (nearest, bilinear, bicubic, SRF, ...).
 
@@ -59,7 +113,8 @@ class SRFFeaturePyramidNetwork(FeaturePyramidNetwork):
     Args:
         in_channels_list: channels of each backbone level, finest first.
         out_channels: FPN width C.
-        upsampler: a registry name (see :func:`srfkit.models.make_upsampler`) or a module.
+        upsampler: a registry name (see :func:`srfkit.models.make_upsampler`), a module, or a
+            :class:`PerStepUpsampler` with one module per top-down step.
         extra_blocks: as in torchvision (e.g. ``LastLevelMaxPool`` for P6).
         norm_layer: as in torchvision.
         upsampler_kwargs: options passed to the registry constructor.
@@ -68,7 +123,7 @@ class SRFFeaturePyramidNetwork(FeaturePyramidNetwork):
             deep-copied for the others, each copy re-initialised with its ``reset_parameters()`` when
             it has one. ``None`` (default): per step for upsamplers that declare
             ``one_per_fpn_step = True`` (``dysample``, ``dysample_dynamic``, ``carafe``), shared for the
-            rest (the ``srf`` generators and the fixed interpolations).
+            rest (the ``srf`` generators and the fixed interpolations). See :func:`build_fpn_upsampler`.
 
     Input: ``OrderedDict`` of (N, C_l, H_l, W_l), finest first. Output: ``OrderedDict`` of
     (N, C, H_l, W_l) with the same keys (plus those the extra block adds).
@@ -85,23 +140,9 @@ class SRFFeaturePyramidNetwork(FeaturePyramidNetwork):
         share_upsampler: bool | None = None,
     ) -> None:
         super().__init__(in_channels_list, out_channels, extra_blocks=extra_blocks, norm_layer=norm_layer)
-        kwargs = upsampler_kwargs or {}
-        first = make_upsampler(upsampler, out_channels, **kwargs)
-        if share_upsampler is None:
-            share_upsampler = not getattr(first, "one_per_fpn_step", False)
-        if share_upsampler:
-            self.upsampler = first
-            return
-        modules = [first]
-        for _ in range(len(in_channels_list) - 2):
-            if isinstance(upsampler, nn.Module):
-                module = copy.deepcopy(first)
-                if callable(getattr(module, "reset_parameters", None)):
-                    module.reset_parameters()
-            else:
-                module = make_upsampler(upsampler, out_channels, **kwargs)
-            modules.append(module)
-        self.upsampler = PerStepUpsampler(modules)
+        self.upsampler = build_fpn_upsampler(
+            upsampler, out_channels, len(in_channels_list) - 1, upsampler_kwargs, share=share_upsampler
+        )
 
     @property
     def shares_upsampler(self) -> bool:

@@ -199,7 +199,9 @@ def _fit_config_to_source(cfg: CfgNode, source: torch.nn.Module, init: dict) -> 
     """Set what the torchvision backbone needs in ``cfg`` (in place) and record each change in ``init``.
 
     torchvision strides a bottleneck in its 3x3 conv (``STRIDE_IN_1X1 False``), is not dilated, and sees
-    RGB normalised with its transform's mean and std; a G with a non-default depth needs ``NUM_BLOCKS``.
+    RGB normalised with its transform's mean and std; a G with a non-default depth needs ``NUM_BLOCKS``;
+    a G copied into ``srf_module`` needs its layout (``MODEL.SRF.SHARE``: one shared module, or one per
+    top-down step), set only where the config would build the other one.
     """
     transform = source.transform
     wanted = {
@@ -212,6 +214,17 @@ def _fit_config_to_source(cfg: CfgNode, source: torch.nn.Module, init: dict) -> 
         wanted["MODEL.RESNETS.STRIDE_IN_1X1"] = False
     if init["num_blocks"] is not None:
         wanted["MODEL.SRF.NUM_BLOCKS"] = int(init["num_blocks"])
+    if init.get("upsampler"):
+        from ...models.fpn import PerStepUpsampler
+        from .backbone import share_from_cfg
+
+        g = source.backbone.fpn.upsampler
+        source_shared = not isinstance(g, PerStepUpsampler)
+        kind = g if source_shared else g[0]  # the same upsampler name on both sides: its default layout
+        share = share_from_cfg(cfg)
+        shared = share if share is not None else not getattr(kind, "one_per_fpn_step", False)
+        if shared != source_shared:
+            wanted["MODEL.SRF.SHARE"] = "shared" if source_shared else "per_step"
     for key, value in wanted.items():
         *path, leaf = key.split(".")
         node = cfg

@@ -16,16 +16,23 @@ torchvision (srfkit)                          detectron2 (srfkit's SRF-FPN backb
 ``backbone.fpn.layer_blocks.i`` (of P_k)      ``backbone.fpn_output{k}``
 ``backbone.fpn.extra_blocks.p6/p7``           ``backbone.top_block.p6/p7`` (same kind only)
 ``backbone.fpn.upsampler`` (G)                ``backbone.srf_module`` (the same srfkit module)
+``backbone.fpn.upsampler.steps.{i}`` (P_k)    ``backbone.srf_module.steps.{j}`` (of P_k)
 ============================================  ==================================================
+
+An FPN with one upsampler per top-down step (DySample, CARAFE: a
+:class:`~srfkit.models.fpn.PerStepUpsampler`) keeps step ``i`` under ``steps.{i}``, ``i`` the
+finest-first index of the level the step makes, on both sides; steps are paired by that level (the
+same index when both FPNs have the same levels).
 
 FPN convs are paired by the pyramid level they serve (P_k has stride 2**k), never by list index.
 Before anything is copied every pair is checked: block type and blocks per stage (the ResNet depth),
 widths, norm kind (GroupNorm against ``GN``; BatchNorm and FrozenBN against ``BN``, ``SyncBN`` or
 ``FrozenBN``: the four tensors of a BatchNorm are those of a frozen one), each conv's kernel, stride,
 padding, dilation and groups (torchvision strides a bottleneck in its 3x3 conv: the detectron2 config
-needs ``MODEL.RESNETS.STRIDE_IN_1X1 False``), the FPN levels, G's kind and configuration, and, when
-the detectron2 model has them, its input format and pixel statistics against the torchvision
-transform's. A mismatch raises ``ValueError`` naming both sides and leaves the destination unchanged.
+needs ``MODEL.RESNETS.STRIDE_IN_1X1 False``), the FPN levels, G's kind, configuration and layout (one
+shared module, or one per top-down step: ``MODEL.SRF.SHARE``), and, when the detectron2 model has
+them, its input format and pixel statistics against the torchvision transform's. A mismatch raises
+``ValueError`` naming both sides and leaves the destination unchanged.
 """
 
 from __future__ import annotations
@@ -242,7 +249,9 @@ def torchvision_to_detectron2(
             ``detectron2.modeling.build_model`` from :func:`~.config.get_config`; DDP-wrapped or not),
             or the backbone itself. Changed in place.
         upsampler: copy the FPN upsampler (G) into ``srf_module``; both must be the same kind of module
-            with the same configuration (e.g. ``MODEL.SRF.VARIANT``). ``False`` keeps the destination's.
+            with the same configuration (e.g. ``MODEL.SRF.VARIANT``) and layout: shared on both sides,
+            or one module per top-down step on both (``steps.{i}`` of the source into the destination's
+            step of the same level). ``False`` keeps the destination's.
         check_input: when ``d2_model`` has ``pixel_mean``/``pixel_std``/``input_format`` and
             ``src_model`` a transform, refuse unless detectron2 normalises its input as the source did.
 
@@ -260,6 +269,7 @@ def torchvision_to_detectron2(
              "body": 120, "levels": {"P2": {"from": "inner_blocks.0, layer_blocks.0",
                                             "to": "fpn_lateral2, fpn_output2", "tensors": 4}, ...},
              "extra_blocks": 0, "upsampler": 78,
+             "upsampler_steps": {"P2": {"from": "steps.0", "to": "steps.0"}, ...},  # per step only, else {}
              "resnet": "ResNet-18 (BasicBlock, ...)", "norm": {"source": "GN", "destination": "GN"},
              "input": {...} or None,
              "loaded_keys": {destination key: source key},   # state-dict names of the two models
@@ -278,7 +288,15 @@ def torchvision_to_detectron2(
         )
     body, fpn, bottom_up = src_bb.body, src_bb.fpn, dst_bb.bottom_up
     plan = _Plan(src, dst)
-    report: dict = {"loaded": 0, "skipped": 0, "body": 0, "levels": {}, "extra_blocks": 0, "upsampler": 0}
+    report: dict = {
+        "loaded": 0,
+        "skipped": 0,
+        "body": 0,
+        "levels": {},
+        "extra_blocks": 0,
+        "upsampler": 0,
+        "upsampler_steps": {},
+    }
     not_copied: dict[str, str] = {}
 
     # --- input normalisation (before the weights: the clearest refusal first)
@@ -388,25 +406,52 @@ def torchvision_to_detectron2(
     # --- G
     s_g, d_g = fpn.upsampler, dst_bb.srf_module
     if upsampler:
-        if isinstance(s_g, PerStepUpsampler):
+        s_per_step, d_per_step = isinstance(s_g, PerStepUpsampler), isinstance(d_g, PerStepUpsampler)
+        if s_per_step and not d_per_step:
             raise ValueError(
-                f"the source FPN has one upsampler per top-down step ({type(s_g[0]).__name__} x{len(s_g)}); "
-                "detectron2's SRF-FPN shares one srf_module: pass upsampler=False to keep the destination's"
+                f"the source FPN has one upsampler per top-down step ({type(s_g[0]).__name__} x{len(s_g)}), the "
+                f"destination's srf_module is one shared {type(d_g).__name__}: build it with MODEL.SRF.SHARE "
+                "per_step (or pass upsampler=False to keep the destination's)"
             )
-        if type(s_g) is not type(d_g) or repr(s_g) != repr(d_g):
-            what = "configuration" if type(s_g) is type(d_g) else "kind"
+        if d_per_step and not s_per_step:
             raise ValueError(
-                f"FPN upsampler {what} differs: the source has {type(s_g).__name__}, the destination srf_module "
-                f"{type(d_g).__name__} (MODEL.SRF.UPSAMPLER / MODEL.SRF.VARIANT / MODEL.SRF.NUM_BLOCKS must "
-                "describe the source's G; or pass upsampler=False)"
+                f"the source FPN shares one {type(s_g).__name__} across its top-down steps, the destination's "
+                f"srf_module has one per step ({type(d_g[0]).__name__} x{len(d_g)}): build it with "
+                "MODEL.SRF.SHARE shared (or pass upsampler=False to keep the destination's)"
             )
-        s_state, d_state = s_g.state_dict(keep_vars=True), d_g.state_dict(keep_vars=True)
-        if set(s_state) != set(d_state):
-            raise ValueError(f"FPN upsampler: source and destination hold different tensors ({type(s_g).__name__})")
-        s_mods, d_mods = dict(s_g.named_modules()), dict(d_g.named_modules())
-        for key in sorted(d_state):
-            mod, _, attr = key.rpartition(".")
-            report["upsampler"] += plan._add(d_mods[mod], s_mods[mod], attr, attr)
+        g_pairs: list[tuple[nn.Module, nn.Module]] = []
+        if s_per_step:
+            # step i makes the level of finest-first index i (the coarsest level has no step): pair by level
+            src_levels = sorted(src_index)
+            src_steps = {src_levels[i]: i for i in range(len(s_g))}
+            dst_steps = {dst_levels[j]: j for j in range(len(d_g))}
+            for level in sorted(set(src_steps) | set(dst_steps)):
+                if level in src_steps and level in dst_steps:
+                    i, j = src_steps[level], dst_steps[level]
+                    g_pairs.append((s_g[i], d_g[j]))
+                    report["upsampler_steps"][f"P{level}"] = {"from": f"steps.{i}", "to": f"steps.{j}"}
+                else:
+                    side = "source" if level in src_steps else "destination"
+                    not_copied[f"upsampler step P{level}"] = f"only the {side} has a top-down step making P{level}"
+        else:
+            g_pairs.append((s_g, d_g))
+        for s_mod, d_mod in g_pairs:
+            if type(s_mod) is not type(d_mod) or repr(s_mod) != repr(d_mod):
+                what = "configuration" if type(s_mod) is type(d_mod) else "kind"
+                raise ValueError(
+                    f"FPN upsampler {what} differs: the source has {type(s_mod).__name__}, the destination "
+                    f"srf_module {type(d_mod).__name__} (MODEL.SRF.UPSAMPLER / MODEL.SRF.VARIANT / "
+                    "MODEL.SRF.NUM_BLOCKS must describe the source's G; or pass upsampler=False)"
+                )
+            s_state, d_state = s_mod.state_dict(keep_vars=True), d_mod.state_dict(keep_vars=True)
+            if set(s_state) != set(d_state):
+                raise ValueError(
+                    f"FPN upsampler: source and destination hold different tensors ({type(s_mod).__name__})"
+                )
+            s_mods, d_mods = dict(s_mod.named_modules()), dict(d_mod.named_modules())
+            for key in sorted(d_state):
+                mod, _, attr = key.rpartition(".")
+                report["upsampler"] += plan._add(d_mods[mod], s_mods[mod], attr, attr)
     elif list(d_g.state_dict()):
         not_copied["upsampler"] = "not requested (upsampler=False)"
 
