@@ -124,3 +124,21 @@ def clean_coco(tmp_path: Path) -> SimpleNamespace:
     data, images, expected = tiny_coco_data(with_degenerate=False)
     images_dir, ann_file = write_coco(tmp_path / "clean", data, images)
     return SimpleNamespace(images_dir=images_dir, ann_file=ann_file, data=data, **expected)
+
+
+def perturbed_detector(arch: str = "mask_rcnn", upsampler: str = "srf", seed: int = 0, **kwargs):
+    """A quick-profile srfkit detector whose backbone tensors (norms and upsampler included) are all moved
+    away from their initial values, so that a tensor left uncopied by a weight transfer would show."""
+    from srfkit.detection import build_detector
+
+    torch.manual_seed(seed)
+    model = build_detector(arch, 4, upsampler=upsampler, profile="quick", **kwargs)
+    with torch.no_grad():
+        for name, t in model.backbone.state_dict(keep_vars=True).items():
+            if t.is_floating_point():
+                # away from GN's 1/0 and BN's 0/1 start
+                if "running_var" in name:
+                    t.uniform_(0.5, 2.0)
+                else:
+                    t.add_(0.05 * torch.randn_like(t))
+    return model.eval()

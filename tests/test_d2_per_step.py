@@ -15,6 +15,7 @@ import torch
 
 pytest.importorskip("detectron2")
 
+from conftest import perturbed_detector  # noqa: E402
 from detectron2.modeling import build_backbone, build_model  # noqa: E402
 
 from srfkit.detection.d2.backbone import SHARE_CHOICES, SRFFPN, share_from_cfg  # noqa: E402
@@ -311,18 +312,7 @@ def test_build_fpn_upsampler_is_the_one_rule():
 
 def _tv_source(upsampler: str = "dysample", seed: int = 0, **kwargs):
     """A quick-profile torchvision Mask R-CNN whose backbone tensors (G's steps included) are all perturbed."""
-    from srfkit.detection import build_detector
-
-    torch.manual_seed(seed)
-    model = build_detector("mask_rcnn", 4, upsampler=upsampler, profile="quick", **kwargs)
-    with torch.no_grad():
-        for name, t in model.backbone.state_dict(keep_vars=True).items():
-            if t.is_floating_point():
-                if "running_var" in name:
-                    t.uniform_(0.5, 2.0)
-                else:
-                    t.add_(0.05 * torch.randn_like(t))
-    return model.eval()
+    return perturbed_detector("mask_rcnn", upsampler, seed, **kwargs)
 
 
 def _d2_model(upsampler: str = "dysample", share: str = "auto", arch: str = "mask_rcnn"):

@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import perturbed_detector
 
 from srfkit.detection.d2 import detectron2_available
 
@@ -33,22 +34,8 @@ def _quiet():
 
 
 def _source(arch: str = "mask_rcnn", variant: str = "paper", seed: int = 0, **overrides):
-    """A quick-profile srfkit detector whose backbone tensors (norms and G included) are all perturbed."""
-    from srfkit.detection import build_detector
-
-    torch.manual_seed(seed)
-    model = build_detector(
-        arch, 4, upsampler="srf", profile="quick", upsampler_kwargs={"variant": variant}, **overrides
-    )
-    with torch.no_grad():
-        for name, t in model.backbone.state_dict(keep_vars=True).items():
-            if t.is_floating_point():
-                # away from GN's 1/0 and BN's 0/1 start, so a norm left uncopied would show
-                if "running_var" in name:
-                    t.uniform_(0.5, 2.0)
-                else:
-                    t.add_(0.05 * torch.randn_like(t))
-    return model.eval()
+    """A quick-profile srfkit detector with G whose backbone tensors (norms and G included) are all perturbed."""
+    return perturbed_detector(arch, "srf", seed, upsampler_kwargs={"variant": variant}, **overrides)
 
 
 def _d2(arch: str = "mask_rcnn", variant: str = "paper", opts: list[str] | None = None, upsampler: str = "srf"):
