@@ -44,6 +44,8 @@ __all__ = [
     "PAPER_EQUAL_AP",
     "paper_agreement",
     "unmeasured_paper_rows",
+    "FINDINGS",
+    "findings",
 ]
 
 RESULTS_DIR = (repo_root() or Path.cwd()) / "data" / "results"  # outside a checkout: under the working directory
@@ -430,3 +432,42 @@ def unmeasured_paper_rows(agreement: Mapping[str, Mapping], paper_rows: Mapping,
     """The paper's rows (other than ``baselines``) that no comparison of ``agreement`` measures yet."""
     measured = {a["paper"].partition(" - ")[0] for a in agreement.values() if a.get("paper")}
     return [r for r in paper_rows if r not in measured and r not in baselines]
+
+
+# The questions the book answers, in the order a reader asks them: (question, experiment, comparison).
+# ``{top}`` is the learning curve's largest budget. Each is read from the paired comparison its result
+# file stores (verdict from the 95% t-interval alone).
+FINDINGS: tuple[tuple[str, str, str], ...] = (
+    ("Does G from stage 1, reused in the detector, beat nearest at the same budget?", "progressive", "A2 - A1"),
+    ("Does a learned upsampler without the GAN stages (G from scratch) beat nearest?", "interpolation",
+     "srf_scratch - nearest"),
+    ("Do the GAN stages add anything over that learned upsampler?", "interpolation", "srf_G - srf_scratch"),
+    ("Is it only capacity (nearest plus a block as large as G)?", "interpolation", "nearest_conv - nearest"),
+    ("Does the full method (M reused) beat nearest trained as long?", "progressive", "A5 - A1_matched"),
+    ("What does G add inside the method (against the same method with nearest)?", "progressive",
+     "A5 - nearest_M"),
+    ("At the curve's longest budget: faster learning or a higher plateau?", "learning_curve",
+     "srf@{top} - nearest@{top}"),
+)  # fmt: skip
+
+
+def findings(profile: str = "cpu", dataset: str = "shapes", root: Path | None = None, iou: str = "bbox") -> list[dict]:
+    """Each of :data:`FINDINGS` with what the result files say: ``{"question", "experiment", "comparison",
+    "n", "mean", "low", "high", "verdict"}``; ``verdict`` is ``"not measured yet"`` (``n`` 0) when the
+    file, a valid entry for ``dataset`` or the comparison is missing."""
+    from .profiles import get_profile
+
+    budgets = get_profile(profile).curve_budgets
+    top = max(budgets) if budgets else 0
+    out = []
+    for question, experiment, comparison in FINDINGS:
+        comparison = comparison.format(top=top)
+        entry = valid_entries(load_result(profile, experiment, root))[0].get(dataset) or {}
+        c = ((entry.get("comparisons") or {}).get(comparison) or {}).get(iou)
+        row = {"question": question, "experiment": experiment, "comparison": comparison}
+        if not c:
+            out.append({**row, "n": 0, "mean": math.nan, "low": math.nan, "high": math.nan,
+                        "verdict": "not measured yet"})  # fmt: skip
+            continue
+        out.append({**row, **{k: c.get(k, math.nan) for k in ("n", "mean", "low", "high")}, "verdict": c["verdict"]})
+    return out

@@ -346,3 +346,22 @@ def test_fingerprint_ignores_what_cannot_change_the_numbers():
     longer = cpu.replace(target=cpu.target.__class__(**{**cpu.target.__dict__, "iters": 3000}))
     assert fingerprint(longer, {}, None, "learning_curve") == fingerprint(cpu, {}, None, "learning_curve")
     assert fingerprint(longer, {}, None, "progressive") != base
+
+
+def test_findings_read_the_stored_comparisons(tmp_path):
+    from srfkit.results import FINDINGS, findings, invalidate_result, update_cell
+
+    metrics = {"bbox": {"AP": 10.0}}
+    for seed, (a1, a2) in enumerate([(10.0, 12.0), (11.0, 13.5), (12.0, 14.0)]):
+        for row, ap in (("A1", a1), ("A2", a2)):
+            update_cell("cpu", "progressive", "shapes", row, seed, {"bbox": {"AP": ap}}, {"fingerprint": "x"},
+                        comparisons=[("A2", "A1")], root=tmp_path)  # fmt: skip
+    update_cell("cpu", "interpolation", "shapes", "nearest", 0, metrics, {"fingerprint": "x"}, root=tmp_path)
+    invalidate_result("cpu", "interpolation", "an old budget", root=tmp_path)
+    got = findings("cpu", "shapes", root=tmp_path)
+    assert [f["question"] for f in got] == [q for q, *_ in FINDINGS]
+    first = got[0]
+    assert first["comparison"] == "A2 - A1" and first["n"] == 3 and first["mean"] == pytest.approx(6.5 / 3)
+    assert first["verdict"] == "gain" and 0 < first["low"] < first["mean"] < first["high"]
+    assert all(f["verdict"] == "not measured yet" and f["n"] == 0 for f in got[1:])  # invalidated or absent
+    assert got[-1]["comparison"] == "srf@4000 - nearest@4000"  # the cpu curve's longest budget
