@@ -315,27 +315,32 @@ def _drop_stale(rows: dict, fingerprint: str | None) -> dict:
 def plateau(entry: Mapping, row_prefix: str = "nearest", tolerance: float = 2.0, iou: str = "bbox") -> dict:
     """Where a learning curve of a result entry (rows ``<prefix>@<steps>``) reaches its plateau.
 
-    Returns ``{"budgets", "means", "best", "first_within"}``: the measured budgets and mean APs over
-    seeds, the best mean, and the smallest budget whose mean is within ``tolerance`` AP of the best
-    (``None`` without rows). The best is the best *measured so far*: a curve still rising at its
-    last budget has no plateau yet, which ``"rising"`` says (the last step gained more than
-    ``tolerance``).
+    Returns ``{"budgets", "means", "seeds", "best", "first_within", "rising"}``: the measured budgets
+    and the mean APs over ``seeds``, the seeds measured at every budget (so that a seed that has
+    reached only some budgets does not bend the curve; all seeds of a budget when no seed is common),
+    the best mean, and the smallest budget whose mean is within ``tolerance`` AP of the best (``None``
+    without rows). The best is the best *measured so far*: a curve still rising at its last budget has
+    no plateau yet, which ``"rising"`` says (the last step gained more than ``tolerance``).
     """
-    points = []
+    per_budget = {}
     for name, record in entry.get("rows", {}).items():
         prefix, _, steps = name.partition("@")
         if prefix == row_prefix and record.get("per_seed"):
-            values = [float(v[iou]["AP"]) for v in record["per_seed"].values()]
-            points.append((int(steps), statistics.fmean(values)))
-    points.sort()
-    if not points:
-        return {"budgets": [], "means": [], "best": None, "first_within": None, "rising": None}
+            per_budget[int(steps)] = record["per_seed"]
+    if not per_budget:
+        return {"budgets": [], "means": [], "seeds": [], "best": None, "first_within": None, "rising": None}
+    common = sorted(set.intersection(*(set(v) for v in per_budget.values())), key=int)
+    points = []
+    for steps, per_seed in sorted(per_budget.items()):
+        values = [float(per_seed[s][iou]["AP"]) for s in (common or per_seed)]
+        points.append((steps, statistics.fmean(values)))
     best = max(m for _, m in points)
     first = next(b for b, m in points if m >= best - tolerance)
     rising = len(points) > 1 and points[-1][1] - points[-2][1] > tolerance
     return {
         "budgets": [b for b, _ in points],
         "means": [m for _, m in points],
+        "seeds": [int(s) for s in common],
         "best": best,
         "first_within": first,
         "rising": rising,

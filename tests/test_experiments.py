@@ -313,6 +313,10 @@ def test_plateau_reads_the_first_budget_within_tolerance_of_the_best():
     entry["rows"]["nearest@4000"] = row(50, 50)
     assert plateau(entry)["rising"] is True and plateau(entry)["first_within"] == 4000
     assert plateau({"rows": {}})["first_within"] is None
+    # a seed measured at some budgets only (a campaign in progress) stays out of the means
+    entry["rows"]["nearest@250"]["per_seed"]["2"] = {"bbox": {"AP": 100.0}}
+    p = plateau(entry)
+    assert p["seeds"] == [0, 1] and p["means"][0] == 5.0
 
 
 def test_budget_reading_places_a_budget_on_the_curve():

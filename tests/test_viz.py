@@ -249,6 +249,10 @@ def test_curve_figure_and_scale_note():
     left, right = fig.axes
     assert len(left.lines) == 2 * (2 + 1)  # per upsampler: two seeds and the mean
     assert [tuple(line.get_xdata()) for line in left.lines][2] == (100, 200)
+    rows["nearest@200"]["per_seed"]["2"] = {"bbox": {"AP": 100.0}}  # a seed at one budget only
+    left = curve_figure(doc, "shapes").axes[0]
+    assert tuple(left.lines[3].get_ydata()) == (1.5, 5.5)  # the nearest mean: seeds 0 and 1 only
+    assert left.get_legend().get_texts()[0].get_text() == "nearest (mean of the 2 seeds at every budget)"
     note = scale_note(doc, "shapes", "nearest@100")
     assert "`cpu` profile" in note and "300 steps" in note and "1.5 ± 0.7 box AP over 2 seeds" in note
 

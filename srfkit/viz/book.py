@@ -369,8 +369,12 @@ def curve_figure(doc: Mapping, dataset: str, iou: str = "bbox") -> Figure:
         for s in seeds:
             pts = [(st, by_steps[st][s][iou]["AP"]) for st in steps if s in by_steps[st]]
             ax.plot(*zip(*pts), color=color, alpha=0.35, lw=1, marker=".")
-        means = [(st, float(np.mean([v[iou]["AP"] for v in by_steps[st].values()]))) for st in steps]
-        ax.plot(*zip(*means), color=color, lw=2.2, marker="o", label=f"{name} (mean of {len(seeds)} seeds)")
+        # the mean over the seeds measured at every budget: a seed that has reached only some budgets
+        # would bend the line where it enters (all seeds of a budget when none is common)
+        common = [s for s in seeds if all(s in by_steps[st] for st in steps)]
+        means = [(st, float(np.mean([by_steps[st][s][iou]["AP"] for s in (common or by_steps[st])]))) for st in steps]
+        label = f"{name} (mean of the {len(common)} seeds at every budget)" if common else f"{name} (mean)"
+        ax.plot(*zip(*means), color=color, lw=2.2, marker="o", label=label)
     ax.set_xlabel("optimiser steps (constant learning rate after warm-up)")
     ax.set_ylabel(f"{'box' if iou == 'bbox' else 'mask'} AP")
     ax.legend(fontsize=8)
