@@ -84,8 +84,10 @@ class Runs:
         from .train import train_guide
 
         name = "guide" if (upsampler, arch) == ("nearest", None) else f"det_{arch or 'default'}_{upsampler}"
-        if (name != "guide" or iters is not None) and self.on_curve(upsampler, arch, iters or self.profile.guide.iters):
-            return self.curve(upsampler, iters or self.profile.guide.iters)
+        steps = iters or self.profile.guide.iters
+        # the guide's own folder stays (stage 1 reads it as F); any other from-scratch detector may be a curve point
+        if (name != "guide" or iters is not None) and self.on_curve(upsampler, arch, steps):
+            return self.curve(upsampler, steps)
         kwargs = dict(upsampler=upsampler, arch=arch, weights_backbone=self.weights_backbone)
         if iters is None:
             return self._train(train_guide, name, **kwargs)
@@ -497,7 +499,10 @@ def _own_arch(ctx: ExperimentContext, archs: tuple[str, ...]) -> dict[str, str |
     R-CNN), unchanged for the others: a row of that family is the same training as the default one, so it
     shares its stage folders (``guide``, ``extractor_default``, ``target_default_*``) with Tables 4 and 5
     instead of training a copy under another name."""
-    default = "mask_rcnn" if _has_masks(ctx) else "faster_rcnn"
+    from .data import load
+    from .train.inputs import default_arch
+
+    default = default_arch(load(ctx.dataset, "val", ctx.profile))
     return {arch: None if arch == default else arch for arch in archs}
 
 

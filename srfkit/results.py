@@ -464,10 +464,11 @@ def findings(profile: str = "cpu", dataset: str = "shapes", root: Path | None = 
 
     budgets = get_profile(profile).curve_budgets
     top = max(budgets) if budgets else 0
+    entries = {e: valid_entries(load_result(profile, e, root))[0].get(dataset) or {} for _, e, _ in FINDINGS}
     out = []
     for question, experiment, comparison in FINDINGS:
         comparison = comparison.format(top=top)
-        entry = valid_entries(load_result(profile, experiment, root))[0].get(dataset) or {}
+        entry = entries[experiment]
         c = ((entry.get("comparisons") or {}).get(comparison) or {}).get(iou)
         row = {"question": question, "experiment": experiment, "comparison": comparison}
         if not c:

@@ -11,7 +11,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyrami
 
 from .upsamplers import make_upsampler
 
-__all__ = ["PerStepUpsampler", "SRFFeaturePyramidNetwork", "build_fpn_upsampler"]
+__all__ = ["PerStepUpsampler", "SRFFeaturePyramidNetwork", "build_fpn_upsampler", "is_shared"]
 
 
 class PerStepUpsampler(nn.Module):
@@ -38,6 +38,12 @@ class PerStepUpsampler(nn.Module):
     def forward(self, x: Tensor, size: tuple[int, int] | None = None, *, step: int) -> Tensor:
         """(N, C, H, W) -> (N, C, *size) with the module of top-down step ``step``."""
         return self.steps[step](x, size=size)
+
+
+def is_shared(module: nn.Module, share: bool | None = None) -> bool:
+    """Whether an FPN built with ``module``'s kind of upsampler shares one module across its top-down
+    steps: ``share`` when given, else not for upsamplers that declare ``one_per_fpn_step = True``."""
+    return share if share is not None else not getattr(module, "one_per_fpn_step", False)
 
 
 def build_fpn_upsampler(
@@ -78,9 +84,7 @@ def build_fpn_upsampler(
         return upsampler
     kwargs = upsampler_kwargs or {}
     first = make_upsampler(upsampler, channels, **kwargs)
-    if share is None:
-        share = not getattr(first, "one_per_fpn_step", False)
-    if share:
+    if is_shared(first, share):
         return first
     modules = [first]
     for _ in range(num_steps - 1):

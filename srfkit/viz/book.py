@@ -355,6 +355,8 @@ def val_objects(dataset: str, profile: str) -> int | None:
 def curve_figure(doc: Mapping, dataset: str, iou: str = "bbox") -> Figure:
     """The learning curve: AP against training steps per upsampler (each seed a faint line, the mean
     bold), and the paired difference ``srf - nearest`` with its 95% t-interval per budget."""
+    from ..results import plateau
+
     entry = doc["datasets"][dataset]
     curves: dict[str, dict[int, dict]] = {}
     for row, record in entry["rows"].items():
@@ -369,12 +371,9 @@ def curve_figure(doc: Mapping, dataset: str, iou: str = "bbox") -> Figure:
         for s in seeds:
             pts = [(st, by_steps[st][s][iou]["AP"]) for st in steps if s in by_steps[st]]
             ax.plot(*zip(*pts), color=color, alpha=0.35, lw=1, marker=".")
-        # the mean over the seeds measured at every budget: a seed that has reached only some budgets
-        # would bend the line where it enters (all seeds of a budget when none is common)
-        common = [s for s in seeds if all(s in by_steps[st] for st in steps)]
-        means = [(st, float(np.mean([by_steps[st][s][iou]["AP"] for s in (common or by_steps[st])]))) for st in steps]
-        label = f"{name} (mean of the {len(common)} seeds at every budget)" if common else f"{name} (mean)"
-        ax.plot(*zip(*means), color=color, lw=2.2, marker="o", label=label)
+        p = plateau(entry, name, iou=iou)  # the mean over the seeds measured at every budget
+        label = f"{name} (mean of the {len(p['seeds'])} seeds at every budget)" if p["seeds"] else f"{name} (mean)"
+        ax.plot(p["budgets"], p["means"], color=color, lw=2.2, marker="o", label=label)
     ax.set_xlabel("optimiser steps (constant learning rate after warm-up)")
     ax.set_ylabel(f"{'box' if iou == 'bbox' else 'mask'} AP")
     ax.legend(fontsize=8)
@@ -543,8 +542,9 @@ def _stage_label(stage: str) -> str:
 def agreement_table(agreement: Mapping[str, Mapping], caption: str = ""):
     """:func:`srfkit.results.paper_agreement` as a table: the paper's difference beside ours."""
     rows = [[n, a["paper"] or "-", a["paper_diff"], a["ours"], a["verdict"], a["status"]] for n, a in agreement.items()]
-    header = ["ours (row - baseline)", "paper's rows", "paper box AP difference", "ours (mean)", "our verdict"]
-    header.append("reading")
+    header = [
+        "ours (row - baseline)", "paper's rows", "paper box AP difference", "ours (mean)", "our verdict", "reading"
+    ]  # fmt: skip
     return html_table(header, rows, caption=caption, digits=1)
 
 

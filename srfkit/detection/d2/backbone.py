@@ -38,7 +38,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import Tensor, nn
 
 from ...models import make_upsampler
-from ...models.fpn import PerStepUpsampler, build_fpn_upsampler
+from ...models.fpn import PerStepUpsampler, build_fpn_upsampler, is_shared
 
 __all__ = [
     "AUTHORS_PREFIX",
@@ -193,7 +193,7 @@ def upsampler_from_cfg(cfg: CfgNode, channels: int, num_steps: int | None = None
     g = load_upsampler_weights(srf.WEIGHTS, srf.UPSAMPLER, channels, **kwargs)
     per_step = isinstance(g, PerStepUpsampler)
     kind = g[0] if per_step and len(g) else g
-    shared = share if share is not None else not getattr(kind, "one_per_fpn_step", False)
+    shared = is_shared(kind, share)
     setting = f"MODEL.SRF.SHARE {srf.get('SHARE', 'auto')}"
     if per_step and shared:
         raise ValueError(

@@ -215,15 +215,13 @@ def _fit_config_to_source(cfg: CfgNode, source: torch.nn.Module, init: dict) -> 
     if init["num_blocks"] is not None:
         wanted["MODEL.SRF.NUM_BLOCKS"] = int(init["num_blocks"])
     if init.get("upsampler"):
-        from ...models.fpn import PerStepUpsampler
+        from ...models.fpn import PerStepUpsampler, is_shared
         from .backbone import share_from_cfg
 
         g = source.backbone.fpn.upsampler
         source_shared = not isinstance(g, PerStepUpsampler)
         kind = g if source_shared else g[0]  # the same upsampler name on both sides: its default layout
-        share = share_from_cfg(cfg)
-        shared = share if share is not None else not getattr(kind, "one_per_fpn_step", False)
-        if shared != source_shared:
+        if is_shared(kind, share_from_cfg(cfg)) != source_shared:
             wanted["MODEL.SRF.SHARE"] = "shared" if source_shared else "per_step"
     for key, value in wanted.items():
         *path, leaf = key.split(".")
