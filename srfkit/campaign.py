@@ -47,9 +47,11 @@ __all__ = [
 ]
 
 # How many of the profile's seeds each experiment gets (issue 11: >= 5 for Tables 4 and 5, >= 3 for the
-# others, >= 2 for the learning curve). The order is the campaign's: the curve decides the regime first.
+# others). The order is the campaign's: the curve comes first, since its longest budgets are the only cells
+# near the baseline's plateau (its 4,000-step nearest chains are also Tables 4 and 5's A1_matched, its
+# 2,000-step srf chains their srf_scratch).
 SEED_COUNTS: dict[str, int] = {
-    "learning_curve": 2,
+    "learning_curve": 5,
     "progressive": 5,
     "interpolation": 5,
     "semantic_level": 3,
@@ -180,7 +182,7 @@ def stage_plan(cells: list[PlannedCell]) -> dict[Path, dict]:
     recording :class:`~srfkit.experiments.Runs` (nothing is trained); ``left`` is 0 for a finished
     folder and counts from the newest checkpoint of an unfinished one.
     """
-    from .train.checkpoint import FINAL_NAME, latest_checkpoint, list_checkpoints
+    from .train.checkpoint import FINAL_NAME, latest_checkpoint, list_checkpoints, run_iters
 
     record: dict[Path, dict] = {}
     for pc in cells:
@@ -190,8 +192,8 @@ def stage_plan(cells: list[PlannedCell]) -> dict[Path, dict]:
         pc.table.rows[pc.cell.row](runs)
     for folder, info in record.items():
         done = 0
-        if (folder / FINAL_NAME).is_file():
-            done = info["steps"]
+        if (folder / FINAL_NAME).is_file():  # finished, at the length it was trained for (a chain may grow)
+            done = min(info["steps"], run_iters(folder) or info["steps"])
         elif latest_checkpoint(folder) is not None:
             done = max((step for step, _ in list_checkpoints(folder)), default=0)
         info["left"] = max(info["steps"] - done, 0)

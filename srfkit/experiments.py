@@ -40,8 +40,10 @@ PLAIN_UPSAMPLERS = ("nearest", "bilinear", "bicubic", "dysample", "dysample_dyna
 # Generator variants trained by SRF-GAN (stage 1) and reused as G (stage 3).
 GENERATOR_ROWS = {"srf_light": "light", "srf_depthwise": "depthwise"}
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# The learning curve's two rows: the baseline and the paper's G trained from scratch in the FPN.
+# The learning curve's rows: the baseline, the paper's G trained from scratch in the FPN, and the paper's
+# method without M (Table 4's A2): the stage-1 G reused in the FPN and fine-tuned with the detector.
 CURVE_UPSAMPLERS = ("nearest", "srf")
+CURVE_ROWS = (*CURVE_UPSAMPLERS, "srf_G")
 
 
 @dataclass
@@ -171,45 +173,47 @@ class Runs:
     def curve(self, upsampler: str, budget: int) -> Path:
         """The checkpoint after ``budget`` steps of one learning-curve chain (``learning_curve``).
 
-        One chain per upsampler and seed trains a guide-like detector for ``max(curve_budgets)`` steps
-        with the guide schedule's learning rate and warm-up but no decay (a constant rate, so that the
-        checkpoint at every budget is what that many steps give), keeping a checkpoint at each
-        budget. A chain resumes from its newest checkpoint, so asking for the budgets in order trains
-        it once.
+        One chain per row (:data:`CURVE_ROWS`) and seed trains for ``max(curve_budgets)`` steps with the
+        guide schedule's learning rate and warm-up but no decay (a constant rate, so that the checkpoint
+        at every budget is what that many steps give), keeping a checkpoint at each budget: a detector
+        from scratch with ``nearest`` or ``srf`` in the FPN, or (``srf_G``) the target detector with
+        the seed's stage-1 G reused, fine-tuned with it (Table 4's A2 trained longer). A chain resumes
+        from its newest checkpoint, so asking for the budgets in order trains it once; when the longest
+        budget grows, a finished chain is extended (:class:`~srfkit.train.loop.LoopOptions` ``extend``:
+        the earlier budgets' checkpoints stay valid, the old end is re-created and checked).
         """
-        from .train import train_guide
-        from .train.checkpoint import checkpoint_path
+        from .train import train_guide, train_target
+        from .train.checkpoint import checkpoint_path, run_iters
 
         budgets = self.profile.curve_budgets
         if budget not in budgets:
             raise ValueError(f"budget {budget} is not one of the profile's curve_budgets {budgets}")
+        if upsampler not in CURVE_ROWS:
+            raise ValueError(f"no learning-curve chain {upsampler!r}; chains: {', '.join(CURVE_ROWS)}")
         top = max(budgets)
         schedule = dataclasses.replace(
             self.profile.guide, iters=top, milestones=(), checkpoint_every=functools.reduce(math.gcd, budgets)
         )
         out = self.folder / f"curve_{upsampler}"
         wanted = checkpoint_path(out, None if budget == top else budget)
+        srf_gan = self.srf_gan() if upsampler == "srf_G" else None  # planned (record) or trained first
         if self.record is not None:
             # A table row may need only the chain's first ``budget`` steps: plan the longest need.
             steps = max(budget, self.record.get(out, {}).get("steps", 0))
             self.record[out] = {"stage": "guide", "steps": steps, "upsampler": upsampler}
-        elif not wanted.is_file():
+        elif not wanted.is_file() or (budget == top and (run_iters(out) or top) < top):  # missing, or a shorter end
             options = {k: v for k, v in self.options.items() if k != "iters"}  # the chain sets its own length
             # The chain's recorded profile carries only its own schedule (and no seed list or budgets), so
             # that setting the other stages' budgets or seed counts later does not make the chain foreign.
             chain = self.profile.replace(
                 guide=schedule, srf_gan=schedule, extractor=schedule, target=schedule, seeds=(), curve_budgets=()
             )
-            train_guide(
-                chain,
-                self.dataset,
-                out,
-                seed=self.seed,
-                resume=True,
-                upsampler=upsampler,
-                weights_backbone=self.weights_backbone,
-                **{**options, "stop_at": budget, "keep_last": None},
-            )
+            common = dict(seed=self.seed, resume=True, weights_backbone=self.weights_backbone)
+            loop = {**options, "stop_at": budget, "keep_last": None, "extend": True}
+            if upsampler == "srf_G":
+                train_target(chain, self.dataset, out, reuse="G", srf_gan_dir=srf_gan, **common, **loop)
+            else:
+                train_guide(chain, self.dataset, out, upsampler=upsampler, **common, **loop)
         return wanted
 
     def extractor(
@@ -428,17 +432,22 @@ def d2_cascade(ctx: ExperimentContext) -> Table:
 
 
 def learning_curve(ctx: ExperimentContext) -> Table:
-    """AP against training steps: Mask R-CNN with nearest and with the paper's G trained from scratch
-    inside the FPN (no GAN stages), at each of the profile's ``curve_budgets`` (one constant-rate chain
-    per upsampler and seed; see :meth:`Runs.curve`). Rows ``<upsampler>@<steps>``; each ``srf`` row is
-    compared with ``nearest`` at the same budget. Tells faster learning from a higher plateau, and
-    where the baseline's plateau is (the budget the other tables need).
+    """AP against training steps: Mask R-CNN with nearest, with the paper's G trained from scratch inside
+    the FPN (no GAN stages) and with the stage-1 G reused (``srf_G``, Table 4's A2), at each of the
+    profile's ``curve_budgets`` (one constant-rate chain per row and seed; see :meth:`Runs.curve`).
+    Rows ``<row>@<steps>``; at each budget ``srf`` and ``srf_G`` are compared with ``nearest`` and
+    ``srf_G`` with ``srf``. Tells faster learning from a higher plateau, and where the baseline's
+    plateau is (the budget a number must be measured at to count).
     """
     rows: dict[str, Callable[[Runs], Path]] = {}
     for budget in ctx.profile.curve_budgets:
-        for upsampler in CURVE_UPSAMPLERS:
-            rows[f"{upsampler}@{budget}"] = lambda r, u=upsampler, b=budget: r.curve(u, b)
-    comparisons = tuple((f"srf@{b}", f"nearest@{b}") for b in ctx.profile.curve_budgets)
+        for name in CURVE_ROWS:
+            rows[f"{name}@{budget}"] = lambda r, u=name, b=budget: r.curve(u, b)
+    comparisons = tuple(
+        pair
+        for b in ctx.profile.curve_budgets
+        for pair in ((f"srf@{b}", f"nearest@{b}"), (f"srf_G@{b}", f"nearest@{b}"), (f"srf_G@{b}", f"srf@{b}"))
+    )
     return Table(rows, comparisons)
 
 

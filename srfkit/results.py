@@ -451,8 +451,12 @@ FINDINGS: tuple[tuple[str, str, str], ...] = (
     ("Does the full method (M reused) beat nearest trained as long?", "progressive", "A5 - A1_matched"),
     ("What does G add inside the method (against the same method with nearest)?", "progressive",
      "A5 - nearest_M"),
-    ("At the curve's longest budget: faster learning or a higher plateau?", "learning_curve",
-     "srf@{top} - nearest@{top}"),
+    ("At the curve's longest budget: does G from scratch still beat nearest (a higher plateau, not only faster "
+     "learning)?", "learning_curve", "srf@{top} - nearest@{top}"),
+    ("At the curve's longest budget: does the stage-1 G reused (A2 trained longer) still beat nearest?",
+     "learning_curve", "srf_G@{top} - nearest@{top}"),
+    ("At the curve's longest budget: do the GAN stages still add anything over G from scratch?", "learning_curve",
+     "srf_G@{top} - srf@{top}"),
 )  # fmt: skip
 
 

@@ -161,9 +161,12 @@ def test_learning_curve_cells_land_one_by_one_and_resume(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     path = run_experiment("learning_curve", "quick", "shapes", runs_root=runs, results_root=results, progress=False)
     entry = json.loads(path.read_text())["datasets"]["shapes"]
-    assert list(entry["rows"]) == ["nearest@2", "srf@2", "nearest@4", "srf@4", "nearest@6", "srf@6"]
+    assert list(entry["rows"]) == [f"{r}@{b}" for b in (2, 4, 6) for r in ("nearest", "srf", "srf_G")]
     assert entry["rows"]["nearest@4"]["cells"]["0"]["stage"].endswith("curve_nearest/step_000004.pt")
-    assert set(entry["comparisons"]) == {"srf@2 - nearest@2", "srf@4 - nearest@4", "srf@6 - nearest@6"}
+    assert entry["rows"]["srf_G@6"]["cells"]["0"]["stage"].endswith("curve_srf_G/final.pt")
+    assert set(entry["comparisons"]) == {
+        f"{a}@{b} - {c}@{b}" for b in (2, 4, 6) for a, c in (("srf", "nearest"), ("srf_G", "nearest"), ("srf_G", "srf"))
+    }
     chain = runs / "quick" / "shapes" / "seed0" / "curve_srf"
     steps = [json.loads(line)["step"] for line in (chain / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # one chain, trained once through every budget
@@ -187,7 +190,8 @@ def test_rows_on_a_learning_curve_chain_reuse_its_checkpoint(tmp_path):
     runs = Runs(cpu, "shapes", 0, tmp_path, record={})
     seed = tmp_path / "cpu" / "shapes" / "seed0"
     assert runs.detector("srf") == seed / "curve_srf" / "step_002000.pt"  # srf_scratch
-    assert runs.detector(iters=4000) == seed / "curve_nearest" / "final.pt"  # A1_matched (the chain's end)
+    assert runs.detector(iters=4000) == seed / "curve_nearest" / "step_004000.pt"  # A1_matched
+    assert runs.curve("nearest", max(cpu.curve_budgets)) == seed / "curve_nearest" / "final.pt"  # the chain's end
     assert runs.detector() == seed / "guide"  # stage 1 needs the guide's folder
     assert runs.detector("bilinear") == seed / "det_default_bilinear"  # no curve for it
     assert runs.detector("srf", arch="retinanet") == seed / "det_retinanet_srf"
@@ -234,18 +238,65 @@ def test_a_curve_checkpoint_equals_the_detector_trained_for_that_budget(tmp_path
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_chain_extended_to_a_longer_budget_equals_one_trained_that_long(tmp_path):
+    """When the curve's longest budget grows, a finished chain goes on from its checkpoints: the old end is
+    re-created bit for bit (and its set-aside final.pt removed), and the new end equals a chain that had
+    the longer budgets from the start."""
+    from srfkit.experiments import Runs
+    from srfkit.profiles import get_profile
+    from srfkit.train.checkpoint import load_checkpoint
+
+    quick = get_profile("quick")
+    short = quick.replace(guide=dataclasses.replace(quick.guide, milestones=()), curve_budgets=(2, 4))
+    longer = short.replace(curve_budgets=(2, 4, 6))
+    grown = Runs(short, "shapes", 0, tmp_path / "grown", {"progress": False})
+    old_end = grown.curve("nearest", 4)
+    assert old_end.name == "final.pt"
+    before = load_checkpoint(old_end)["models"]["detector"]
+    grown = dataclasses.replace(grown, profile=longer)
+    end = grown.curve("nearest", 6)
+    chain = end.parent
+    assert not list(chain.glob("superseded_final_*"))  # re-created bit for bit, so removed
+    again = load_checkpoint(chain / "step_000004.pt")["models"]["detector"]
+    assert all(torch.equal(before[k], again[k]) for k in before)
+    steps = [json.loads(line)["step"] for line in (chain / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    fresh = Runs(longer, "shapes", 0, tmp_path / "fresh", {"progress": False}).curve("nearest", 6)
+    a, b = load_checkpoint(end)["models"]["detector"], load_checkpoint(fresh)["models"]["detector"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_srf_g_chain_at_a_budget_is_table_4s_a2_trained_that_long(tmp_path):
+    """srf_G@b is stage 3 with the seed's stage-1 G reused, at the target schedule's rate: the chain's
+    checkpoint at the target's length equals A2 in every weight (so A2 is the curve's point there)."""
+    from srfkit.experiments import Runs
+    from srfkit.profiles import get_profile
+    from srfkit.train.checkpoint import checkpoint_path, load_checkpoint
+
+    quick = get_profile("quick")
+    flat = dataclasses.replace(quick.guide, iters=4, milestones=())
+    profile = quick.replace(guide=flat, target=flat, curve_budgets=(2, 4, 6))
+    runs = Runs(profile, "shapes", 0, tmp_path / "runs", {"progress": False})
+    point = runs.curve("srf_G", 4)
+    a2 = runs.target("G")
+    a = load_checkpoint(point)["models"]["detector"]
+    b = load_checkpoint(checkpoint_path(a2))["models"]["detector"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("backbone.fpn.upsampler.net.") for k in a)  # G (a network) is inside the FPN
+
+
 def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, capsys):
     from srfkit.campaign import plan, remaining, run_campaign
 
     cells = plan("quick", ["shapes"], ["learning_curve"], {"learning_curve": 1}, tmp_path / "r", tmp_path / "res")
-    assert [pc.cell.row for pc in cells] == ["nearest@2", "srf@2", "nearest@4", "srf@4", "nearest@6", "srf@6"]
+    assert [pc.cell.row for pc in cells] == [f"{r}@{b}" for b in (2, 4, 6) for r in ("nearest", "srf", "srf_G")]
     left, report = remaining(cells)
-    assert len(left) == 6 and "0 of 6 cells done" in report and "no time estimate" in report
-    assert "12 training steps left" in report  # two chains of 6 steps
+    assert len(left) == 9 and "0 of 9 cells done" in report and "no time estimate" in report
+    assert "30 training steps left" in report  # three chains of 6 steps, and srf_G's guide and stage 1 (6 each)
     assert run_campaign(cells, worker=1, workers=2) == 0  # seed 0 belongs to worker 0
     assert run_campaign(cells, worker=0, workers=2, max_hours=0.0) == 1  # stops starting new cells
     left, report = remaining(cells)
-    assert len(left) == 5 and "1 of 6 cells done" in report and "10 training steps left" in report
+    assert len(left) == 8 and "1 of 9 cells done" in report and "28 training steps left" in report
     assert "process-hours at" in report  # the nearest chain's measured step time
     assert "process-hours at 2.00 s/step" in remaining(cells, seconds_per_step=2.0)[1]
     from srfkit.campaign import stage_plan
@@ -254,6 +305,9 @@ def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, 
     assert {f.name: (i["steps"], i["left"]) for f, i in stages.items()} == {
         "curve_nearest": (6, 4),
         "curve_srf": (6, 6),
+        "curve_srf_G": (6, 6),
+        "guide": (6, 6),
+        "srf_gan_paper": (6, 6),
     }
     assert not (tmp_path / "r" / "quick" / "shapes" / "seed0" / "curve_srf").exists()  # planning trains nothing
 
@@ -353,6 +407,7 @@ def test_fingerprint_ignores_what_cannot_change_the_numbers():
 
 
 def test_findings_read_the_stored_comparisons(tmp_path):
+    from srfkit.profiles import get_profile
     from srfkit.results import FINDINGS, findings, invalidate_result, update_cell
 
     metrics = {"bbox": {"AP": 10.0}}
@@ -368,4 +423,6 @@ def test_findings_read_the_stored_comparisons(tmp_path):
     assert first["comparison"] == "A2 - A1" and first["n"] == 3 and first["mean"] == pytest.approx(6.5 / 3)
     assert first["verdict"] == "gain" and 0 < first["low"] < first["mean"] < first["high"]
     assert all(f["verdict"] == "not measured yet" and f["n"] == 0 for f in got[1:])  # invalidated or absent
-    assert got[-1]["comparison"] == "srf@4000 - nearest@4000"  # the cpu curve's longest budget
+    top = max(get_profile("cpu").curve_budgets)  # the cpu curve's longest budget
+    assert [f["comparison"] for f in got[-3:]] == [f"srf@{top} - nearest@{top}", f"srf_G@{top} - nearest@{top}",
+                                                   f"srf_G@{top} - srf@{top}"]  # fmt: skip

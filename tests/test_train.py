@@ -368,6 +368,27 @@ def test_interrupted_then_resumed_equals_uninterrupted(run, data, tmp_path, stag
     assert strip(_rows(resumed)) == strip(_rows(run[stage]))
 
 
+def test_only_a_constant_rate_run_is_extended_and_only_when_asked(data, tmp_path):
+    import dataclasses
+
+    flat = QUICK.replace(guide=dataclasses.replace(QUICK.guide, milestones=(), checkpoint_every=2))
+    train_guide(flat, data, tmp_path / "flat", iters=4, keep_last=None, **FAST)
+    with pytest.raises(CheckpointMismatchError, match="schedule.iters: 4 in the checkpoint, 6 now"):
+        train_guide(flat, data, tmp_path / "flat", iters=6, resume=True, **FAST)  # not asked to extend
+    longer = train_guide(flat, data, tmp_path / "flat", iters=6, resume=True, extend=True, keep_last=None, **FAST)
+    assert longer.steps == 6 and not longer.skipped and not list((tmp_path / "flat").glob("superseded_*"))
+    with pytest.raises(CheckpointMismatchError, match="schedule.iters: 6 in the checkpoint, 4 now"):
+        train_guide(flat, data, tmp_path / "flat", iters=4, resume=True, extend=True, **FAST)  # never shorter
+    decayed = QUICK.replace(guide=dataclasses.replace(QUICK.guide, milestones=(0.5,), checkpoint_every=2))
+    train_guide(decayed, data, tmp_path / "decayed", iters=4, keep_last=None, **FAST)
+    with pytest.raises(CheckpointMismatchError, match="schedule.iters"):  # its decay would move
+        train_guide(decayed, data, tmp_path / "decayed", iters=6, resume=True, extend=True, **FAST)
+    train_guide(flat, data, tmp_path / "pruned", iters=4, **FAST)  # keep_last=1: no periodic checkpoint left
+    with pytest.raises(FileNotFoundError, match="no periodic checkpoint"):
+        train_guide(flat, data, tmp_path / "pruned", iters=6, resume=True, extend=True, **FAST)
+    assert (tmp_path / "pruned" / "final.pt").is_file()  # nothing lost
+
+
 def test_resume_from_another_configuration_is_refused(data, tmp_path):
     train_guide(QUICK, data, tmp_path, stop_at=3, **FAST)
     with pytest.raises(CheckpointMismatchError) as err:

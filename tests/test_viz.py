@@ -255,6 +255,17 @@ def test_curve_figure_and_scale_note():
     assert left.get_legend().get_texts()[0].get_text() == "nearest (mean of the 2 seeds at every budget)"
     note = scale_note(doc, "shapes", "nearest@100")
     assert "`cpu` profile" in note and "300 steps" in note and "1.5 ± 0.7 box AP over 2 seeds" in note
+    # the right panel: one series per paired comparison, each budget a point with its interval
+    from srfkit.results import paired_difference
+
+    rows.update({"srf_G@100": {"per_seed": seeds(3, 5)}, "srf_G@200": {"per_seed": seeds(8, 9)}})
+    pairs = [(f"{a}@{b}", f"{c}@{b}") for b in (100, 200) for a, c in (("srf", "nearest"), ("srf_G", "nearest"),
+                                                                        ("srf_G", "srf"))]  # fmt: skip
+    doc["datasets"]["shapes"]["comparisons"] = {f"{a} - {c}": {"bbox": paired_difference(rows, a, c)} for a, c in pairs}
+    right = curve_figure(doc, "shapes").axes[1]
+    labels = [t.get_text() for t in right.get_legend().get_texts()]
+    assert labels == ["srf - nearest", "srf_G - nearest", "srf_G - srf"]
+    assert len(right.containers) == 6  # 3 comparisons x 2 budgets, each with its error bar
 
 
 def test_fidelity_rows_mean_over_seeds():

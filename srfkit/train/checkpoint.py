@@ -13,6 +13,7 @@ whose config differs from the one at hand is refused with the differing settings
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -38,6 +39,7 @@ __all__ = [
     "checkpoint_path",
     "list_checkpoints",
     "latest_checkpoint",
+    "run_iters",
     "FINAL_NAME",
 ]
 
@@ -71,6 +73,14 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
         return final
     found = list_checkpoints(out_dir)
     return found[-1][1] if found else None
+
+
+def run_iters(out_dir: str | Path) -> int | None:
+    """The ``iters`` the run in ``out_dir`` was last started with (its ``config.json``), ``None`` if unreadable."""
+    try:
+        return int(json.loads((Path(out_dir) / "config.json").read_text())["schedule"]["iters"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:

@@ -37,6 +37,7 @@ from ..filelock import file_lock
 from ..profiles import Profile, Schedule
 from .checkpoint import (
     CHECKPOINT_FORMAT,
+    check_config,
     checkpoint_path,
     get_rng_state,
     latest_checkpoint,
@@ -98,6 +99,11 @@ class LoopOptions:
             ``None`` keeps every file.
         stop_at: stop after this step without writing ``final.pt`` (simulates an interruption).
         num_workers: DataLoader workers (default: the profile's).
+        extend: let a constant-rate run (no milestones) go on past the ``iters`` it was written with
+            (learning-curve chains whose longest budget grew): its checkpoints of fewer ``iters`` load,
+            and its ``final.pt`` is set aside as ``superseded_final_<steps>.pt`` (weights only, it
+            cannot resume), the steps after the last periodic checkpoint are trained again and the new
+            checkpoint at that step is checked equal to it before the set-aside file is removed.
     """
 
     iters: int | None = None
@@ -112,6 +118,7 @@ class LoopOptions:
     keep_last: int | None = 1
     stop_at: int | None = None
     num_workers: int | None = None
+    extend: bool = False
 
     def schedule(self, base: Schedule) -> Schedule:
         """``base`` with this object's overrides applied."""
@@ -416,8 +423,17 @@ class _Run:
             payload["rng"] = all_gather_objects(self.env, get_rng_state())
         return payload
 
+    def check(self, saved: dict, source: Path) -> None:
+        """Refuse a checkpoint ``config`` of another run; with ``options.extend``, one of a constant-rate
+        run with fewer ``iters`` is this run's (see :class:`LoopOptions`)."""
+        current = self.config
+        if self.options.extend and _extendable(saved, current):
+            saved, current = _without_iters(saved), _without_iters(current)
+        check_config(saved, current, source=source)
+
     def restore(self, path: Path) -> int:
-        payload = load_checkpoint(path, self.config)
+        payload = load_checkpoint(path)
+        self.check(payload["config"], path)
         for k, module in self.stage.modules.items():
             load_module_state(module, payload["models"][k], source=path)
         for k, opt in self.optimizers.items():
@@ -470,6 +486,58 @@ class _Run:
             generator=torch.Generator().manual_seed(self.seed + start),
             pin_memory=self.env.device.type == "cuda",
         )
+
+
+def _extendable(saved: dict, current: dict) -> bool:
+    """Whether a checkpoint of ``saved`` config belongs to a constant-rate run that ``current`` continues."""
+    a, b = saved.get("schedule") or {}, current.get("schedule") or {}
+    return not a.get("milestones") and not b.get("milestones") and a.get("iters", math.inf) <= b.get("iters", -1)
+
+
+def _without_iters(config: Any) -> Any:
+    """``config`` with ``iters`` left out of every constant-rate schedule in it (the run's and its profile's)."""
+    if isinstance(config, dict):
+        flat = "iters" in config and "milestones" in config and not config["milestones"]
+        return {k: _without_iters(v) for k, v in config.items() if not (flat and k == "iters")}
+    return config
+
+
+SUPERSEDED = "superseded_final_{:06d}.pt"
+
+
+def _set_aside_final(run: _Run, steps: int) -> None:
+    """Rename ``final.pt`` of a shorter constant-rate run so that the run resumes from its periodic checkpoints."""
+    periodic = [s for s, _ in list_checkpoints(run.out_dir) if s < steps]
+    if not periodic:
+        raise FileNotFoundError(
+            f"{run.out_dir}: cannot extend the finished {steps}-step run to {run.schedule.iters} steps: no periodic "
+            "checkpoint with optimiser state is left (final.pt holds weights only); train it again in a new folder"
+        )
+    if run.env.is_main:
+        checkpoint_path(run.out_dir).rename(run.out_dir / SUPERSEDED.format(steps))
+    run.env.barrier()
+
+
+def _check_superseded(out_dir: Path, last_step: int) -> None:
+    """Remove each set-aside ``final.pt`` that the extended run has re-created bit for bit (the periodic
+    checkpoint at its step holds the same weights); warn and keep it when the weights differ."""
+    for old in sorted(out_dir.glob(SUPERSEDED.replace("{:06d}", "*"))):
+        steps = int(old.stem.rpartition("_")[2])
+        again = checkpoint_path(out_dir, steps)
+        if steps > last_step or not again.is_file():
+            continue
+        a, b = load_checkpoint(old)["models"], load_checkpoint(again)["models"]
+        same = a.keys() == b.keys() and all(
+            a[m].keys() == b[m].keys() and all(torch.equal(a[m][k], b[m][k]) for k in a[m]) for m in a
+        )
+        if same:
+            old.unlink()
+        else:
+            warnings.warn(
+                f"{again}: the extended run did not re-create the weights of the earlier final.pt at step {steps} "
+                f"(kept as {old.name}); points of this run before and after that step may not be comparable",
+                stacklevel=2,
+            )
 
 
 def _check_start(run: _Run, resume: bool) -> Path | None:
@@ -527,9 +595,12 @@ def _train(run: _Run, dataset: Dataset, resume: bool) -> StageResult:
     t0 = time.perf_counter()
     final = checkpoint_path(run.out_dir)
     if final.is_file():
-        load_checkpoint(final, run.config)  # refuses a different config
-        steps, metrics = summarize_metrics(run.metrics_path)
-        return StageResult(stage.name, run.out_dir, final, steps, metrics, time.perf_counter() - t0, skipped=True)
+        saved = load_checkpoint(final)["config"]
+        run.check(saved, final)  # refuses a different config
+        if saved["schedule"]["iters"] == run.schedule.iters:
+            steps, metrics = summarize_metrics(run.metrics_path)
+            return StageResult(stage.name, run.out_dir, final, steps, metrics, time.perf_counter() - t0, skipped=True)
+        _set_aside_final(run, saved["schedule"]["iters"])  # extend: go on from the last periodic checkpoint
     stage.to(env.device)
     run.build_optim()
     latest = _check_start(run, resume)
@@ -539,6 +610,8 @@ def _train(run: _Run, dataset: Dataset, resume: bool) -> StageResult:
     run.start_files(start)
     stage.wrap(env)
     last = _loop(run, dataset, start)
+    if env.is_main:
+        _check_superseded(run.out_dir, last[0])
     steps, metrics = summarize_metrics(run.metrics_path) if env.is_main else (last[0], {})
     return StageResult(stage.name, run.out_dir, last[1], steps, metrics, time.perf_counter() - t0)
 

@@ -353,8 +353,9 @@ def val_objects(dataset: str, profile: str) -> int | None:
 
 
 def curve_figure(doc: Mapping, dataset: str, iou: str = "bbox") -> Figure:
-    """The learning curve: AP against training steps per upsampler (each seed a faint line, the mean
-    bold), and the paired difference ``srf - nearest`` with its 95% t-interval per budget."""
+    """The learning curve: AP against training steps per row (each seed a faint line, the mean bold),
+    and each paired comparison (``srf - nearest``, ``srf_G - nearest``, ``srf_G - srf``) with its 95%
+    t-interval per budget (hollow: fewer than two seeds)."""
     from ..results import plateau
 
     entry = doc["datasets"][dataset]
@@ -378,17 +379,29 @@ def curve_figure(doc: Mapping, dataset: str, iou: str = "bbox") -> Figure:
     ax.set_ylabel(f"{'box' if iou == 'bbox' else 'mask'} AP")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    compared = comparisons(doc, dataset, iou=iou)
-    pts = sorted((int(n.split(" - ")[0].partition("@")[2]), c) for n, c in compared.items())
-    for st, c in pts:
-        if math.isfinite(c.get("low", math.nan)):
-            dx.errorbar(st, c["mean"], yerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt="o", color="C1",
-                        capsize=3)  # fmt: skip
-        elif math.isfinite(c.get("mean", math.nan)):
-            dx.plot(st, c["mean"], "o", mfc="white", color="C1")
+    # right: each paired comparison ("srf - nearest", ...) at every budget, in the colour of its row
+    pairs: dict[str, list[tuple[int, dict]]] = {}
+    for n, c in comparisons(doc, dataset, iou=iou).items():
+        a, b = (part.partition("@") for part in n.split(" - "))
+        pairs.setdefault(f"{a[0]} - {b[0]}", []).append((int(a[2]), c))
+    names = list(curves)
+    top = max((st for by in curves.values() for st in by), default=1)
+    for j, (pair, pts) in enumerate(pairs.items()):
+        color = f"C{names.index(pair.split(' - ')[0])}" if pair.split(" - ")[0] in names else f"C{j}"
+        shift = (j - (len(pairs) - 1) / 2) * 0.012 * top  # side by side at a shared budget
+        style = "o" if pair.endswith(" - nearest") else "s"
+        for k, (st, c) in enumerate(sorted(pts, key=lambda t: t[0])):
+            label = pair if k == 0 else None
+            if math.isfinite(c.get("low", math.nan)):
+                dx.errorbar(st + shift, c["mean"], yerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt=style,
+                            color=color, capsize=3, label=label)  # fmt: skip
+            elif math.isfinite(c.get("mean", math.nan)):
+                dx.plot(st + shift, c["mean"], style, mfc="white", color=color, label=label)
     dx.axhline(0, color="0.5", lw=0.8)
     dx.set_xlabel("optimiser steps")
-    dx.set_ylabel("srf - nearest, paired by seed (95% t-interval)")
+    dx.set_ylabel("paired difference by seed, AP (95% t-interval)")
+    if pairs:
+        dx.legend(fontsize=8)
     dx.grid(alpha=0.3)
     fig.suptitle(f"{doc.get('profile', '?')} profile, {dataset}: learning curve", fontsize=9)
     return fig
