@@ -31,7 +31,7 @@ from .experiments import (
     run_cell,
 )
 from .profiles import Profile, get_profile
-from .results import RESULTS_DIR, load_result, results_path
+from .results import load_result, results_path
 
 __all__ = [
     "DETECTRON2_EXPERIMENTS",
@@ -233,14 +233,14 @@ def _git_commit(path: Path, message: str, tries: int = 10) -> None:
     for _ in range(tries):
         run = subprocess.run(
             ["git", "commit", "-q", "-m", message, "--", str(path)],
-            cwd=RESULTS_DIR.parent.parent,
+            cwd=path.parent,  # the checkout that holds the file (SRFKIT_RESULTS_DIR may point at another)
             capture_output=True,
             text=True,
         )
         if run.returncode == 0 or "nothing" in run.stdout + run.stderr:
             return
         if "index.lock" not in run.stderr:
-            subprocess.run(["git", "add", "--", str(path)], cwd=RESULTS_DIR.parent.parent, capture_output=True)
+            subprocess.run(["git", "add", "--", str(path)], cwd=path.parent, capture_output=True)
         time.sleep(3)
     print(f"campaign: could not commit {path}: {run.stderr.strip()}")
 

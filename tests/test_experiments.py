@@ -426,3 +426,27 @@ def test_findings_read_the_stored_comparisons(tmp_path):
     top = max(get_profile("cpu").curve_budgets)  # the cpu curve's longest budget
     assert [f["comparison"] for f in got[-3:]] == [f"srf@{top} - nearest@{top}", f"srf_G@{top} - nearest@{top}",
                                                    f"srf_G@{top} - srf@{top}"]  # fmt: skip
+
+
+def test_campaign_commits_a_result_file_in_the_checkout_that_holds_it(tmp_path, monkeypatch):
+    """``campaign --commit`` from another working tree (SRFKIT_RESULTS_DIR pointing at the main checkout)
+    commits only that file, in the checkout it lives in."""
+    import subprocess
+
+    from srfkit.campaign import _git_commit
+
+    repo, elsewhere = tmp_path / "main", tmp_path / "worktree"
+    elsewhere.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    result = repo / "data" / "results" / "cpu" / "progressive.json"
+    result.parent.mkdir(parents=True)
+    (repo / "other.txt").write_text("not committed\n")
+    result.write_text("{}\n")
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "t"), monkeypatch.setenv("GIT_AUTHOR_EMAIL", "t@t")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "t"), monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@t")
+    subprocess.run([*git, "-C", str(repo), "add", str(result)], check=True)
+    _git_commit(result, "cpu results: progressive", tries=1)
+    log = subprocess.run([*git, "-C", str(repo), "log", "--name-only", "--format=%s"], capture_output=True, text=True)
+    assert log.stdout.split() == ["cpu", "results:", "progressive", "data/results/cpu/progressive.json"]
