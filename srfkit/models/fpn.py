@@ -11,7 +11,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyrami
 
 from .upsamplers import make_upsampler
 
-__all__ = ["PerStepUpsampler", "SRFFeaturePyramidNetwork", "build_fpn_upsampler", "is_shared"]
+__all__ = ["PerStepUpsampler", "SRFFeaturePyramidNetwork", "build_fpn_upsampler", "is_shared", "upsample_step"]
 
 
 class PerStepUpsampler(nn.Module):
@@ -38,6 +38,14 @@ class PerStepUpsampler(nn.Module):
     def forward(self, x: Tensor, size: tuple[int, int] | None = None, *, step: int) -> Tensor:
         """(N, C, H, W) -> (N, C, *size) with the module of top-down step ``step``."""
         return self.steps[step](x, size=size)
+
+
+def upsample_step(upsampler: nn.Module, x: Tensor, size: tuple[int, int], step: int) -> Tensor:
+    """One FPN top-down step, (N, C, H, W) -> (N, C, *size): ``upsampler(x, size=size)``, or with
+    ``step=step`` (the finest-first index of the level it makes) for a :class:`PerStepUpsampler`."""
+    if isinstance(upsampler, PerStepUpsampler):
+        return upsampler(x, size=size, step=step)
+    return upsampler(x, size=size)
 
 
 def is_shared(module: nn.Module, share: bool | None = None) -> bool:
@@ -156,18 +164,12 @@ class SRFFeaturePyramidNetwork(FeaturePyramidNetwork):
     def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
         names = list(x.keys())
         feats = list(x.values())
-        per_step = isinstance(self.upsampler, PerStepUpsampler)
-
         last_inner = self.get_result_from_inner_blocks(feats[-1], -1)
         results = [self.get_result_from_layer_blocks(last_inner, -1)]
         for idx in range(len(feats) - 2, -1, -1):
             inner_lateral = self.get_result_from_inner_blocks(feats[idx], idx)
             size = inner_lateral.shape[-2:]
-            if per_step:
-                inner_top_down = self.upsampler(last_inner, size=size, step=idx)
-            else:
-                inner_top_down = self.upsampler(last_inner, size=size)
-            last_inner = inner_lateral + inner_top_down
+            last_inner = inner_lateral + upsample_step(self.upsampler, last_inner, size, step=idx)
             results.insert(0, self.get_result_from_layer_blocks(last_inner, idx))
 
         if self.extra_blocks is not None:

@@ -38,7 +38,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import Tensor, nn
 
 from ...models import make_upsampler
-from ...models.fpn import PerStepUpsampler, build_fpn_upsampler, is_shared
+from ...models.fpn import PerStepUpsampler, build_fpn_upsampler, is_shared, upsample_step
 
 __all__ = [
     "AUTHORS_PREFIX",
@@ -282,16 +282,11 @@ class SRFFPN(FPN):
         bottom_up_features = self.bottom_up(x)
         prev = self.lateral_convs[0](bottom_up_features[self.in_features[-1]])
         results = [self.output_convs[0](prev)]
-        per_step = isinstance(self.srf_module, PerStepUpsampler)
         for idx in range(1, len(self.lateral_convs)):
             # lateral_convs run coarsest first: idx makes in_features[-idx - 1], finest-first index len - 1 - idx
             lateral = self.lateral_convs[idx](bottom_up_features[self.in_features[-idx - 1]])
             size = lateral.shape[-2:]
-            if per_step:
-                up = self.srf_module(prev, size=size, step=len(self.in_features) - 1 - idx)
-            else:
-                up = self.srf_module(prev, size=size)
-            prev = lateral + up
+            prev = lateral + upsample_step(self.srf_module, prev, size, step=len(self.in_features) - 1 - idx)
             if self._fuse_type == "avg":
                 prev = prev / 2
             results.insert(0, self.output_convs[idx](prev))
