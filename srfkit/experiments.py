@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .profiles import Profile, get_profile
+from .profiles import RUN_ONLY_FIELDS, Profile, get_profile
 from .results import load_result, merge_entry, provenance, results_path, update_cell, update_result
 from .train.checkpoint import save_checkpoint
 from .train.evaluate import evaluate_stage
@@ -292,8 +292,8 @@ class Cell:
     seed: int
 
 
-# Profile fields that cannot change a cell's numbers (how many seeds, data workers, checkpoint spacing).
-_NOT_IN_FINGERPRINT = ("seeds", "num_workers", "curve_budgets", "extra")
+# Profile fields left out of a cell's fingerprint: the run-only ones (seed list, curve budgets) and data workers.
+_NOT_IN_FINGERPRINT = (*RUN_ONLY_FIELDS, "num_workers")
 # Loop options that cannot change them either (progress bars, checkpoint spacing and retention, workers).
 _OPTIONS_NOT_IN_FINGERPRINT = ("progress", "keep_last", "checkpoint_every", "num_workers")
 

@@ -17,7 +17,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["Schedule", "Profile", "PROFILES", "get_profile"]
+__all__ = ["Schedule", "Profile", "PROFILES", "RUN_ONLY_FIELDS", "get_profile"]
+
+# Profile fields that say which runs the experiments make, not how a stage trains (the seed list, the
+# learning curve's budgets): a stage's checkpoint and a result cell's fingerprint ignore them, so that
+# running more seeds or a longer curve leaves every finished stage and cell valid.
+RUN_ONLY_FIELDS = ("seeds", "curve_budgets")
 
 
 @dataclass(frozen=True)

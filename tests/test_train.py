@@ -389,6 +389,15 @@ def test_only_a_constant_rate_run_is_extended_and_only_when_asked(data, tmp_path
     assert (tmp_path / "pruned" / "final.pt").is_file()  # nothing lost
 
 
+def test_a_finished_stage_stays_valid_when_only_run_only_fields_change(run, data):
+    """More seeds or a longer learning curve in the profile do not make a finished stage foreign."""
+    more = QUICK.replace(seeds=(0, 1, 2, 3), curve_budgets=(2, 4, 6, 8))
+    again = train_guide(more, data, run["guide"].out_dir, seed=0, **FAST)
+    assert again.skipped and again.checkpoint == run["guide"].checkpoint
+    with pytest.raises(CheckpointMismatchError, match="image_size"):  # a setting of the stage still counts
+        train_guide(QUICK.replace(image_size=QUICK.image_size + 32), data, run["guide"].out_dir, seed=0, **FAST)
+
+
 def test_resume_from_another_configuration_is_refused(data, tmp_path):
     train_guide(QUICK, data, tmp_path, stop_at=3, **FAST)
     with pytest.raises(CheckpointMismatchError) as err:

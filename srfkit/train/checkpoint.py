@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..fileio import atomic_write
+from ..profiles import RUN_ONLY_FIELDS
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -152,9 +153,23 @@ def config_diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if saved == current else [f"{prefix}: {saved!r} in the checkpoint, {current!r} now"]
 
 
+def _stage_settings(config: Any) -> Any:
+    """``config`` without the profile fields that cannot change a stage's numbers (``RUN_ONLY_FIELDS``:
+    the seed list, the learning curve's budgets), in every profile it holds."""
+    if not isinstance(config, dict):
+        return config
+    out = {}
+    for key, value in config.items():
+        if key == "profile" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in RUN_ONLY_FIELDS}
+        out[key] = _stage_settings(value)
+    return out
+
+
 def check_config(saved: dict, current: dict, source: str | Path = "checkpoint") -> None:
-    """Raise :class:`CheckpointMismatchError` listing every setting where ``saved`` and ``current`` differ."""
-    diff = config_diff(saved, current)
+    """Raise :class:`CheckpointMismatchError` listing every setting where ``saved`` and ``current`` differ
+    (the profile's run-only fields, :data:`srfkit.profiles.RUN_ONLY_FIELDS`, are not settings of a stage)."""
+    diff = config_diff(_stage_settings(saved), _stage_settings(current))
     if diff:
         listing = "\n  ".join(diff)
         raise CheckpointMismatchError(
