@@ -196,8 +196,9 @@ class Runs:
         )
         out = self.folder / f"curve_{upsampler}"
         wanted = checkpoint_path(out, None if budget == top else budget)
-        srf_gan = self.srf_gan() if upsampler == "srf_G" else None  # planned (record) or trained first
         if self.record is not None:
+            if upsampler == "srf_G":
+                self.srf_gan()  # planned with the chain that needs it
             # A table row may need only the chain's first ``budget`` steps: plan the longest need.
             steps = max(budget, self.record.get(out, {}).get("steps", 0))
             self.record[out] = {"stage": "guide", "steps": steps, "upsampler": upsampler}
@@ -210,8 +211,8 @@ class Runs:
             )
             common = dict(seed=self.seed, resume=True, weights_backbone=self.weights_backbone)
             loop = {**options, "stop_at": budget, "keep_last": None, "extend": True}
-            if upsampler == "srf_G":
-                train_target(chain, self.dataset, out, reuse="G", srf_gan_dir=srf_gan, **common, **loop)
+            if upsampler == "srf_G":  # stage 1 (and its guide) first, only when the chain has steps to train
+                train_target(chain, self.dataset, out, reuse="G", srf_gan_dir=self.srf_gan(), **common, **loop)
             else:
                 train_guide(chain, self.dataset, out, upsampler=upsampler, **common, **loop)
         return wanted
