@@ -82,11 +82,16 @@ class Profile:
         roi_canonical_scale, roi_canonical_level: the FPN paper's RoI-to-level rule of the R-CNN box and
             mask poolers (torchvision's ``MultiScaleRoIAlign``): a RoI of side ``sqrt(area)`` (pixels of
             the resized image) is pooled from level ``floor(level + log2(sqrt(area) / scale))``, clamped
-            to P2..P5. FPN's 224 at level 4 belongs to 800 px images; the profiles scale it with the
-            image, ``round(224 * image_size / 800)``: paper 224, cpu 36 (128 px), quick 18 (64 px), so
-            that objects keep their level. The defaults (224, 4) are torchvision's, and what profiles
-            saved before these fields existed rebuild with. ``image_size`` overrides of one model (the
-            half-size extractor) keep the scale: the rule stays in pixels.
+            to P2..P5. Every shipped profile keeps FPN's and detectron2's 224 at level 4 (detectron2
+            hard-codes it at every image size): it fixes how many feature cells a RoI spans (a 224 px
+            RoI covers 14 cells of P4), which is what the 7x7 / 14x14 pooling needs. Scaling it with
+            the image instead (``round(224 * image_size / 800)``, 36 at 128 px: a 36 px RoI pooled from
+            2.25 cells of P4) keeps each object on the level it would have at 800 px, and halved the
+            learning speed: cpu profile, shapes, seed 0, 1,000 steps, 20.9 box AP with 36 against 41.6
+            with 224 (detectron2's own Mask R-CNN in the same profile: 42.1; the d2-style box-head init
+            and aligned RoIAlign added nothing, 41.6 with both). At 224 the box and mask heads read P2,
+            the end of the top-down path: every upsampling step of the FPN feeds it. ``image_size``
+            overrides of one model (the half-size extractor) keep the scale: the rule stays in pixels.
         retinanet_anchor_sizes: base anchor size of each RetinaNet level P3..P7, in pixels of the resized
             image; each level has three octave scales (x1, x2^(1/3), x2^(2/3)) and aspect ratios 0.5, 1, 2.
             torchvision's and detectron2's (32, 64, 128, 256, 512) at 800 px (4x the stride). ``None``:
@@ -178,7 +183,6 @@ QUICK = Profile(
     seeds=(0,),
     eval_images=8,
     clip_grad=10.0,
-    roi_canonical_scale=18,  # round(224 * 64 / 800)
     retinanet_anchor_sizes=(16, 32, 64, 128, 256),
     retinanet_head_norm="group",
     train_hflip=0.5,
@@ -205,15 +209,12 @@ CPU = Profile(
     num_workers=0,
     # shapes at 2,000 train / 500 val images (about 2,500 val objects): enough to see a 1-2 AP difference.
     dataset_images=(2000, 500),
-    # Budgets from the learning curve (data/results/cpu/learning_curve.json, seeds 0-1, constant rate):
-    # nearest box AP 46 at 2,000 steps, 63 at 3,000, 73 at 4,000, still rising about 10 AP per 1,000
-    # steps, so no plateau is in sight at any budget this machine can pay for (a 4,000-step detector
-    # is about 45 min of one core; Table 4 needs seven detectors per seed). 2,000 steps is the
-    # compromise: above the issue's 40 box AP floor; the tables' results are "at 2,000 steps", below
-    # the plateau, and the book says so beside every table. The detector stages keep the curve's
-    # constant rate (no decay), so each table's baseline is a point of the curve: with the usual decay
-    # at 2/3 and 8/9 the nearest guide reached only 38.3 / 39.7 box AP (seeds 0 / 1, campaign at
-    # 630b629), below the curve's 46 at 2,000 steps: decaying far from the plateau stops the learning.
+    # Budgets: 2,000 detector steps at a constant rate (no decay), so each table's baseline is a point of
+    # the learning curve. Chosen under the earlier RoI rule (roi_canonical_scale=36, results in
+    # data/results/archive/cpu-roi36): nearest 46 box AP at 2,000 steps, 73 at 4,000, no plateau in sight;
+    # with the usual decay at 2/3 and 8/9 the nearest guide stopped at 38-40. With FPN's 224 the same
+    # detector reached 41.6 at 1,000 steps (20.9 before); the curve (learning_curve.json) says how far
+    # below its plateau 2,000 steps now are.
     # The extractor (stage 2) gets the target's budget; stage 1 gets 500 steps (150 left G equal to
     # bilinear on feature PSNR). A Mask R-CNN R-18-FPN step at 128 px, batch 4, one thread: about 0.65 s
     # with two campaign processes side by side (the guide's 1,500 steps after a resume took 17.8 min).
@@ -224,7 +225,6 @@ CPU = Profile(
     seeds=(0, 1, 2, 3, 4),
     eval_images=0,
     clip_grad=10.0,
-    roi_canonical_scale=36,  # round(224 * 128 / 800): a 36 px RoI is pooled from P4, an 18 px one from P3
     retinanet_anchor_sizes=(16, 32, 64, 128, 256),
     retinanet_head_norm="group",
     train_hflip=0.5,
