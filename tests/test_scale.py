@@ -16,19 +16,18 @@ def _square(side: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", list(PROFILES))
-def test_canonical_scale_follows_the_image_size(name):
+def test_every_profile_keeps_fpns_rule(name):
+    """224 at P4 at every image size, as detectron2 hard-codes it (the scaled rule halved learning speed)."""
     profile = get_profile(name)
-    assert profile.roi_canonical_scale == round(224 * profile.image_size / 800)
-    assert profile.roi_canonical_level == 4
+    assert (profile.roi_canonical_scale, profile.roi_canonical_level) == (224, 4)
 
 
-def test_cpu_scale_sends_36_px_to_p4_and_18_px_to_p3():
+def test_at_128_px_fpns_rule_pools_every_small_roi_from_p2():
     cpu = get_profile("cpu")
-    assert cpu.roi_canonical_scale == 36
     boxes = torch.cat([_square(36), _square(18), _square(9), _square(72), _square(500)])
-    assert box_levels(boxes, cpu.roi_canonical_scale).tolist() == [4, 3, 2, 5, 5]
-    # torchvision's 224 sends all of them but the largest to P2 at this image size
-    assert box_levels(boxes, 224).tolist() == [2, 2, 2, 2, 5]
+    assert box_levels(boxes, cpu.roi_canonical_scale).tolist() == [2, 2, 2, 2, 5]
+    # the image-scaled rule (36 at 128 px) would keep each object on its 800 px level
+    assert box_levels(boxes, round(224 * cpu.image_size / 800)).tolist() == [4, 3, 2, 5, 5]
 
 
 def test_profiles_saved_without_the_fields_rebuild_with_torchvisions_rule():
@@ -43,7 +42,7 @@ def test_profiles_saved_without_the_fields_rebuild_with_torchvisions_rule():
 @pytest.mark.parametrize("arch", ["mask_rcnn", "faster_rcnn"])
 def test_detector_poolers_use_the_profiles_rule(arch):
     torch.manual_seed(0)
-    model = build_detector(arch, 3, profile="quick").eval()
+    model = build_detector(arch, 3, profile="quick", roi_canonical_scale=18).eval()
     pools = [model.roi_heads.box_roi_pool] + ([model.roi_heads.mask_roi_pool] if arch == "mask_rcnn" else [])
     assert [(p.canonical_scale, p.canonical_level) for p in pools] == [(18, 4)] * len(pools)
     assert [p.output_size for p in pools] == [(7, 7), (14, 14)][: len(pools)]
@@ -59,11 +58,11 @@ def test_level_histogram_counts_every_box():
     data = load("shapes", "train", quick)
     boxes = resized_gt_boxes(data, quick, max_images=6)
     assert boxes.shape[0] == sum(len(data.load_target(i)["boxes"]) for i in range(6)) > 0
-    for scale in (224, quick.roi_canonical_scale):
+    for scale in (224, 18):
         hist = level_histogram(boxes, scale)
         assert list(hist) == [2, 3, 4, 5] and sum(hist.values()) == boxes.shape[0]
     table = roi_level_table(quick, "shapes", "train", max_images=0, scales=(9,))
-    assert [r["canonical_scale"] for r in table["rows"]] == [224, 18, 9]
+    assert [r["canonical_scale"] for r in table["rows"]] == [224, 18, 9]  # 224 is also the profile's
     assert table["images"] == len(data)
     assert all(sum(r["counts"].values()) == table["boxes"] for r in table["rows"])
 
@@ -73,7 +72,7 @@ def test_roi_levels_command_prints_a_table(capsys):
 
     table = main(["--profile", "quick", "--images", "4"])
     out = capsys.readouterr().out
-    assert "224 (torchvision)" in out and "18 (profile)" in out and "P5" in out
+    assert "224 (torchvision) (profile)" in out and "18 (image-scaled)" in out and "P5" in out
     assert table["images"] == 4
 
 
