@@ -39,6 +39,7 @@ __all__ = [
     "PlannedCell",
     "plan",
     "remaining",
+    "parse_budgets",
     "select_rows",
     "stage_plan",
     "run_campaign",
@@ -245,6 +246,17 @@ def _git_commit(path: Path, message: str, tries: int = 10) -> None:
     print(f"campaign: could not commit {path}: {run.stderr.strip()}")
 
 
+def parse_budgets(text: str) -> tuple[int, ...]:
+    """``"250,500,1000"`` -> ``(250, 500, 1000)``; budgets must be positive and increasing."""
+    try:
+        budgets = tuple(int(b) for b in text.split(","))
+    except ValueError as err:
+        raise ValueError(f"--curve-budgets {text!r}: not a comma-separated list of step counts") from err
+    if not budgets or budgets[0] <= 0 or any(a >= b for a, b in zip(budgets, budgets[1:])):
+        raise ValueError(f"--curve-budgets {text!r}: budgets must be positive and increasing")
+    return budgets
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Options of ``python -m srfkit campaign``."""
     from .profiles import PROFILES
@@ -270,6 +282,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="comma-separated row names: run only those cells now (e.g. A1,A2 over every seed before the "
         "rest); the other rows stay planned for a later run",
     )
+    p.add_argument(
+        "--curve-budgets",
+        default=None,
+        metavar="N,N,...",
+        help="learning-curve budgets for this run instead of the profile's (a run-only field: cells keep "
+        "their fingerprint, and a later run with longer budgets extends the chains), e.g. 250,500,1000,2000",
+    )
     p.add_argument("--commit", action="store_true", help="git-commit each result file as its cell lands")
     p.add_argument("--max-hours", type=float, default=None, help="start no new cell after this many hours")
     p.add_argument("--weights-backbone", type=Path, metavar="PATH", help="local ResNet state dict (paper profile)")
@@ -282,8 +301,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     for item in filter(None, (args.seeds or "").split(",")):
         name, _, n = item.partition("=")
         counts[name] = int(n)
+    profile = get_profile(args.profile)
+    if args.curve_budgets:
+        profile = profile.replace(curve_budgets=parse_budgets(args.curve_budgets))
     cells = plan(
-        args.profile,
+        profile,
         args.datasets.split(","),
         args.only.split(",") if args.only else None,
         counts,

@@ -312,6 +312,24 @@ def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, 
     assert not (tmp_path / "r" / "quick" / "shapes" / "seed0" / "curve_srf").exists()  # planning trains nothing
 
 
+def test_campaign_curve_budgets_shorten_the_curve_and_keep_the_cells_fingerprint(tmp_path, capsys):
+    from srfkit.campaign import parse_budgets, plan
+    from srfkit.cli import main
+    from srfkit.profiles import get_profile
+
+    full = plan("quick", ["shapes"], ["learning_curve"], {"learning_curve": 1}, tmp_path / "r", tmp_path / "res")
+    short_profile = get_profile("quick").replace(curve_budgets=parse_budgets("2,4"))
+    short = plan(short_profile, ["shapes"], ["learning_curve"], {"learning_curve": 1}, tmp_path / "r", tmp_path / "res")
+    assert [pc.cell.row for pc in short] == [f"{r}@{b}" for b in (2, 4) for r in ("nearest", "srf", "srf_G")]
+    assert short[0].context.fingerprint == full[0].context.fingerprint  # the 6-step run later extends these chains
+    args = ["campaign", "--profile", "quick", "--only", "learning_curve", "--seeds", "learning_curve=1"]
+    assert main([*args, "--runs", str(tmp_path / "r"), "--curve-budgets", "2,4", "--plan"]) == 0
+    assert "0 of 6 cells done" in capsys.readouterr().out
+    for bad in ("4,2", "0,2", "2,x", "2,2"):
+        with pytest.raises(ValueError, match="--curve-budgets"):
+            parse_budgets(bad)
+
+
 def test_campaign_selects_rows_across_seeds(tmp_path):
     from srfkit.campaign import plan, select_rows
 
