@@ -266,6 +266,21 @@ def test_curve_figure_and_scale_note():
     labels = [t.get_text() for t in right.get_legend().get_texts()]
     assert labels == ["srf - nearest", "srf_G - nearest", "srf_G - srf"]
     assert len(right.containers) == 6  # 3 comparisons x 2 budgets, each with its error bar
+    # a reference document (an archived curve) adds one dashed mean line per row it has
+    old = {"datasets": {"shapes": {"rows": {"nearest@100": {"per_seed": seeds(0, 1)},
+                                            "nearest@300": {"per_seed": seeds(2, 4)}}}}}  # fmt: skip
+    left = curve_figure(doc, "shapes", reference=old, reference_label="RoI rule 36").axes[0]
+    dashed = [line for line in left.lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and tuple(dashed[0].get_xdata()) == (100, 300)
+    assert tuple(dashed[0].get_ydata()) == (0.5, 3.0) and dashed[0].get_label() == "nearest, RoI rule 36"
+    from srfkit.viz.book import curve_means_rows
+
+    table = curve_means_rows({"now": doc, "archived": old, "missing": None}, "shapes")
+    assert table == [
+        [100, "1.5 (n=2)", "0.5 (n=2)", None],
+        [200, "5.5 (n=2)", None, None],
+        [300, None, "3.0 (n=2)", None],
+    ]
 
 
 def test_fidelity_rows_mean_over_seeds():

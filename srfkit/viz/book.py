@@ -41,6 +41,7 @@ __all__ = [
     "scale_note",
     "val_objects",
     "curve_figure",
+    "curve_means_rows",
     "paper_vs_ours",
     "plot_paper_vs_ours",
     "fidelity_gains",
@@ -352,10 +353,16 @@ def val_objects(dataset: str, profile: str) -> int | None:
         return None
 
 
-def curve_figure(doc: Mapping, dataset: str, iou: str = "bbox") -> Figure:
+def curve_figure(
+    doc: Mapping, dataset: str, iou: str = "bbox", reference: Mapping | None = None, reference_label: str = ""
+) -> Figure:
     """The learning curve: AP against training steps per row (each seed a faint line, the mean bold),
     and each paired comparison (``srf - nearest``, ``srf_G - nearest``, ``srf_G - srf``) with its 95%
-    t-interval per budget (hollow: fewer than two seeds)."""
+    t-interval per budget (hollow: fewer than two seeds).
+
+    ``reference``: another learning-curve document (for example one archived under earlier settings)
+    whose mean curve of each row is drawn dashed in the row's colour, labelled ``reference_label``.
+    """
     from ..results import plateau
 
     entry = doc["datasets"][dataset]
@@ -375,6 +382,9 @@ def curve_figure(doc: Mapping, dataset: str, iou: str = "bbox") -> Figure:
         p = plateau(entry, name, iou=iou)  # the mean over the seeds measured at every budget
         label = f"{name} (mean of the {len(p['seeds'])} seeds at every budget)" if p["seeds"] else f"{name} (mean)"
         ax.plot(p["budgets"], p["means"], color=color, lw=2.2, marker="o", label=label)
+        old = plateau((reference or {}).get("datasets", {}).get(dataset, {}), name, iou=iou)
+        if old["budgets"]:
+            ax.plot(old["budgets"], old["means"], color=color, lw=1.4, ls="--", label=f"{name}, {reference_label}")
     ax.set_xlabel("optimiser steps (constant learning rate after warm-up)")
     ax.set_ylabel(f"{'box' if iou == 'bbox' else 'mask'} AP")
     ax.legend(fontsize=8)
@@ -405,6 +415,22 @@ def curve_figure(doc: Mapping, dataset: str, iou: str = "bbox") -> Figure:
     dx.grid(alpha=0.3)
     fig.suptitle(f"{doc.get('profile', '?')} profile, {dataset}: learning curve", fontsize=9)
     return fig
+
+
+def curve_means_rows(docs: Mapping[str, Mapping | None], dataset: str, row_prefix: str = "nearest",
+                     iou: str = "bbox") -> list[list]:  # fmt: skip
+    """One row per budget: ``[steps, cell of docs[0], cell of docs[1], ...]``, each cell the mean AP of a
+    learning-curve document's ``row_prefix`` chain over its seeds measured at every budget
+    (:func:`srfkit.results.plateau`) with the seed count, ``"48.1 (n=2)"``; ``None`` where a document
+    lacks that budget (or is ``None``). Compares curves run under different settings, budget by budget."""
+    from ..results import plateau
+
+    curves = []
+    for doc in docs.values():
+        p = plateau(((doc or {}).get("datasets") or {}).get(dataset, {}), row_prefix, iou=iou)
+        curves.append({b: f"{m:.1f} (n={len(p['seeds'])})" for b, m in zip(p["budgets"], p["means"])})
+    budgets = sorted({b for c in curves for b in c})
+    return [[b, *(c.get(b) for c in curves)] for b in budgets]
 
 
 def paper_vs_ours(
