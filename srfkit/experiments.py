@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -44,6 +45,8 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # method without M (Table 4's A2): the stage-1 G reused in the FPN and fine-tuned with the detector.
 CURVE_UPSAMPLERS = ("nearest", "srf")
 CURVE_ROWS = (*CURVE_UPSAMPLERS, "srf_G")
+# At every budget each chain is compared with each chain before it: srf - nearest, srf_G - nearest, srf_G - srf.
+CURVE_PAIRS = tuple((later, earlier) for earlier, later in itertools.combinations(CURVE_ROWS, 2))
 
 
 @dataclass
@@ -444,11 +447,7 @@ def learning_curve(ctx: ExperimentContext) -> Table:
     for budget in ctx.profile.curve_budgets:
         for name in CURVE_ROWS:
             rows[f"{name}@{budget}"] = lambda r, u=name, b=budget: r.curve(u, b)
-    comparisons = tuple(
-        pair
-        for b in ctx.profile.curve_budgets
-        for pair in ((f"srf@{b}", f"nearest@{b}"), (f"srf_G@{b}", f"nearest@{b}"), (f"srf_G@{b}", f"srf@{b}"))
-    )
+    comparisons = tuple((f"{a}@{b}", f"{c}@{b}") for b in ctx.profile.curve_budgets for a, c in CURVE_PAIRS)
     return Table(rows, comparisons)
 
 
