@@ -271,7 +271,7 @@ def update_cell(
             f"{a} - {b}": {
                 "row": a,
                 "baseline": b,
-                **{iou: paired_difference(rows, a, b, iou) for iou in metrics if iou in ("bbox", "segm")},
+                **{iou: paired_difference(rows, a, b, iou) for iou in ("bbox", "segm") if _measured(rows, (a, b), iou)},
             }
             for a, b in comparisons
             if a in rows and b in rows
@@ -292,6 +292,11 @@ def merge_entry(profile: str, experiment: str, dataset: str, fields: dict, root:
         datasets = dict(document.get("datasets", {}))
         datasets[dataset] = {**datasets.get(dataset, {}), **fields}
         return write_result(profile, experiment, {"datasets": datasets}, root)
+
+
+def _measured(rows: Mapping, names: Sequence[str], iou: str) -> bool:
+    """Whether every seed of each named row has ``iou`` metrics (a RetinaNet row has no ``segm``)."""
+    return all(iou in metrics for name in names for metrics in rows[name]["per_seed"].values())
 
 
 def _drop_stale(rows: dict, fingerprint: str | None) -> dict:

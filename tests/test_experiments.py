@@ -371,6 +371,22 @@ def test_a_cell_of_new_settings_drops_the_seeds_of_old_ones(tmp_path):
     assert set(entry["rows"]) == {"A1"} and list(entry["rows"]["A1"]["per_seed"]) == ["2"]
 
 
+def test_a_mask_cell_landing_beside_box_only_rows_compares_each_pair_on_what_both_measured(tmp_path):
+    """Table 3: a Mask R-CNN cell lands while RetinaNet rows (no masks) are already in the file."""
+    from srfkit.results import update_cell
+
+    box, both = {"bbox": {"AP": 1.0}}, {"bbox": {"AP": 2.0}, "segm": {"AP": 1.5}}
+    pairs = [("retinanet/G", "retinanet/baseline"), ("mask_rcnn/G", "mask_rcnn/baseline")]
+    for row, metrics in (("retinanet/baseline", box), ("retinanet/G", box), ("mask_rcnn/baseline", both)):
+        update_cell("cpu", "cross_head", "shapes", row, 0, metrics, {"fingerprint": "f"}, pairs, root=tmp_path)
+    update_cell("cpu", "cross_head", "shapes", "mask_rcnn/G", 0, {"bbox": {"AP": 4.0}, "segm": {"AP": 2.5}},
+                {"fingerprint": "f"}, pairs, root=tmp_path)  # fmt: skip
+    compared = load_result("cpu", "cross_head", tmp_path)["datasets"]["shapes"]["comparisons"]
+    assert set(compared["retinanet/G - retinanet/baseline"]) == {"row", "baseline", "bbox"}
+    assert compared["mask_rcnn/G - mask_rcnn/baseline"]["segm"]["diffs"] == [1.0]
+    assert compared["mask_rcnn/G - mask_rcnn/baseline"]["bbox"]["diffs"] == [2.0]
+
+
 def test_plateau_reads_the_first_budget_within_tolerance_of_the_best():
     from srfkit.results import plateau
 
