@@ -95,7 +95,8 @@ def test_fidelity_writes_a_probe_that_re_evaluates_exactly(tmp_path):
     assert probe_fidelity(probe) == stored
 
 
-COMMITTED_PROBES = sorted(RESULTS_DIR.glob("*/fidelity_probe-*.pt"))
+# live result folders (data/results/<profile>) and archived ones (data/results/archive/<name>)
+COMMITTED_PROBES = sorted(p for where in ("*", "archive/*") for p in RESULTS_DIR.glob(f"{where}/fidelity_probe-*.pt"))
 
 
 @pytest.mark.parametrize("path", COMMITTED_PROBES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -104,7 +105,7 @@ def test_committed_probe_gives_back_its_stored_fidelity(path):
     from srfkit.experiments import probe_fidelity
 
     dataset = path.stem.split("-", 1)[1]
-    entry = load_result(path.parent.name, "fidelity")["datasets"][dataset]
+    entry = load_result(path.parent.name, "fidelity", root=path.parent.parent)["datasets"][dataset]
     assert entry["probe"]["file"] == path.name
     recomputed = probe_fidelity(torch.load(path, weights_only=True))
     for level, metrics in entry["probe"]["fidelity"].items():
