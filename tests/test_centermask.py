@@ -242,7 +242,11 @@ def test_masks_are_pasted_into_the_original_image():
 
 
 def _gt_box_mask_iou(model: CenterMask, images, targets) -> float:
-    """Mean IoU of the masks the model predicts on the ground-truth boxes (and labels) with the GT masks."""
+    """Mean IoU of the masks the model predicts on the ground-truth boxes (and labels) with the GT masks,
+    in the mask head's own 28x28 box frame (the targets cut as the loss cuts them), so that where the
+    transform pastes masks into the image (srfkit.detection.masks) does not enter."""
+    from torchvision.models.detection.roi_heads import project_masks_on_boxes
+
     model.eval()
     with torch.no_grad():
         batch, _ = model.transform(images)
@@ -251,10 +255,10 @@ def _gt_box_mask_iou(model: CenterMask, images, targets) -> float:
             {"boxes": t["boxes"].clone(), "labels": t["labels"], "scores": torch.ones(len(t["boxes"]))} for t in targets
         ]
         dets, _ = model.roi_heads(features, dets, batch.image_sizes)
-        dets = model.transform.postprocess(dets, batch.image_sizes, [tuple(i.shape[-2:]) for i in images])
     model.train()
     pred = torch.cat([d["masks"][:, 0] > 0.5 for d in dets]).flatten(1)
-    gt = torch.cat([t["masks"].bool() for t in targets]).flatten(1)
+    cut = [project_masks_on_boxes(t["masks"].float(), t["boxes"], torch.arange(len(t["boxes"])), 28) for t in targets]
+    gt = (torch.cat(cut) > 0.5).flatten(1)
     return float(((pred & gt).sum(1) / (pred | gt).sum(1)).mean())
 
 
@@ -279,9 +283,10 @@ def test_training_lowers_the_loss_and_learns_the_masks():
     assert last < 0.6 * first, history
     # loss_mask itself is not monotone: once FCOS's own detections match a GT box (IoU >= 0.5) they
     # join the positives, shifted RoIs that are harder than the GT boxes. Judge the masks instead:
-    # on the GT boxes, a box-filling mask scores about 0.5 on these triangles.
+    # on the GT boxes, a box-filling mask scores about 0.5 on these triangles (0.46 before training, 0.73
+    # after, measured in the coarse 28x28 box frame, where the diagonal's cells weigh more than in the image).
     iou_after = _gt_box_mask_iou(model, images, targets)
-    assert iou_after > 0.75 and iou_after > iou_before + 0.2, (iou_before, iou_after)
+    assert iou_after > 0.65 and iou_after > iou_before + 0.2, (iou_before, iou_after)
 
 
 def test_quick_guide_run_lowers_the_loss_and_gives_coco_mask_ap(tmp_path):

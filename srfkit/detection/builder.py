@@ -29,6 +29,7 @@ from ..models.fpn import SRFFeaturePyramidNetwork
 from ..models.upsamplers import UPSAMPLERS
 from ..profiles import Profile, get_profile
 from .centermask import CenterMask
+from .masks import MaskPasteTransform
 
 __all__ = [
     "ARCHS",
@@ -228,7 +229,7 @@ def build_detector(
                 mask_predictor=MaskRCNNPredictor(c, c, num_classes),
             )
         cls = MaskRCNN if arch == "mask_rcnn" else FasterRCNN
-        return cls(
+        model = cls(
             backbone,
             num_classes=None,
             rpn_anchor_generator=anchors,
@@ -242,6 +243,9 @@ def build_detector(
             box_detections_per_img=profile.detections_per_img,
             **common,
         )
+        if arch == "mask_rcnn":  # masks land where the head learned them (srfkit.detection.masks)
+            model.transform = MaskPasteTransform.like(model.transform)
+        return model
 
     # One-stage heads: P3-P7 from C3-C5, P6/P7 computed from P5 (RetinaNet v2 / FCOS style).
     c = profile.fpn_channels
@@ -281,6 +285,8 @@ def build_detector(
     )
     # Swapping the norms draws no random numbers: models at 32 groups are the same as before.
     _set_head_norm(model.head, groups)
+    if arch == "centermask":  # its mask targets are Mask R-CNN's (srfkit.detection.masks)
+        model.transform = MaskPasteTransform.like(model.transform)
     return model
 
 

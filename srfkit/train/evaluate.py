@@ -61,6 +61,8 @@ def evaluation_key(
         "eval_images": int(eval_images),
         "checkpoint": (checkpoint or stage_dir / FINAL_NAME).name,
         "checkpoint_sha1": file_sha1(checkpoint or stage_dir / FINAL_NAME),
+        # masks pasted where the head learned them (srfkit.detection.masks); before: torchvision's paste
+        "mask_paste": "shifted_bilinear",
     }
 
 
