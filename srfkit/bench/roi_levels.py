@@ -13,7 +13,7 @@ is how many cells of its level a RoI spans (14 at 224 px on P4). Scaling ``s0`` 
 after 1,000 steps, seed 0), so every shipped profile keeps 224 (``Profile.roi_canonical_scale``).
 
 The table counts the ground-truth boxes of the first ``--images`` images of a split, in pixels of the
-detector's resized image, per level, under torchvision's 224 and under the profile's scale (and any
+detector's resized image, per level, under torchvision's 224, the profile's scale and the image-scaled one (and any
 ``--scales``). The box head trains on RoIs sampled around these boxes (positives have IoU >= 0.5 with
 one), so their levels follow the same split. Levels come from torchvision's own ``LevelMapper``.
 """
@@ -133,7 +133,7 @@ def format_table(table: dict) -> str:
             f"{s}"
             + (" (torchvision)" if s == 224 else "")
             + (" (profile)" if s == table["profile_scale"] else "")
-            + (" (image-scaled)" if s == table.get("scaled_scale") else "")
+            + (" (image-scaled)" if s == table["scaled_scale"] else "")
         )
         cells = "".join(f"{row['counts'][k]:>7} ({100 * row['counts'][k] / n:4.1f}%)" for k in LEVELS)
         lines.append(f"{label:<30}{cells}")
