@@ -49,8 +49,8 @@ __all__ = [
 
 # How many of the profile's seeds each experiment gets (issue 11: >= 5 for Tables 4 and 5, >= 3 for the
 # others). The order is the campaign's: the curve comes first, since its longest budgets are the only cells
-# near the baseline's plateau (its 4,000-step nearest chains are also Tables 4 and 5's A1_matched, its
-# 2,000-step srf chains their srf_scratch).
+# near the baseline's plateau (at the tables' 4,000 steps its chains are also their guide A1, srf_scratch
+# and A2; the 8,000-step nearest point is A1_matched).
 SEED_COUNTS: dict[str, int] = {
     "learning_curve": 5,
     "progressive": 5,

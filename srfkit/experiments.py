@@ -90,8 +90,9 @@ class Runs:
 
         name = "guide" if (upsampler, arch) == ("nearest", None) else f"det_{arch or 'default'}_{upsampler}"
         steps = iters or self.profile.guide.iters
-        # the guide's own folder stays (stage 1 reads it as F); any other from-scratch detector may be a curve point
-        if (name != "guide" or iters is not None) and self.on_curve(upsampler, arch, steps):
+        # Any from-scratch detector may be a curve point, the guide too (stages 1 and 2 read F from the
+        # chain's checkpoint file as they would from a stage folder).
+        if self.on_curve(upsampler, arch, steps):
             return self.curve(upsampler, steps)
         kwargs = dict(upsampler=upsampler, arch=arch, weights_backbone=self.weights_backbone)
         if iters is None:
@@ -114,6 +115,23 @@ class Runs:
             and upsampler in CURVE_UPSAMPLERS
             and not self.profile.guide.milestones
             and steps in self.profile.curve_budgets
+            and "iters" not in self.options
+        )
+
+    def target_on_curve(self) -> bool:
+        """Whether stage 3 with the paper's G reused (Table 4's A2) is a point of the ``srf_G`` chain.
+
+        True when the target schedule is the guide's at a constant rate (the chain trains with the guide
+        schedule's rate and warm-up, without decay) and its length is one of the ``curve_budgets``; then
+        the chain's checkpoint at that length equals A2 in every weight
+        (``test_the_srf_g_chain_at_a_budget_is_table_4s_a2_trained_that_long``).
+        """
+        guide, target = self.profile.guide, self.profile.target
+        same_rate = dataclasses.replace(target, iters=guide.iters, checkpoint_every=guide.checkpoint_every) == guide
+        return (
+            same_rate
+            and not target.milestones
+            and target.iters in self.profile.curve_budgets
             and "iters" not in self.options
         )
 
@@ -193,11 +211,14 @@ class Runs:
             raise ValueError(f"budget {budget} is not one of the profile's curve_budgets {budgets}")
         if upsampler not in CURVE_ROWS:
             raise ValueError(f"no learning-curve chain {upsampler!r}; chains: {', '.join(CURVE_ROWS)}")
-        top = max(budgets)
+        out = self.folder / f"curve_{upsampler}"
+        # A chain never shrinks: one started for a longer curve (a run with fewer ``--curve-budgets``) keeps
+        # its length, and a budget below its end is read from the periodic checkpoint, never its final.pt.
+        started = run_iters(out) or 0
+        top = max(*budgets, started)
         schedule = dataclasses.replace(
             self.profile.guide, iters=top, milestones=(), checkpoint_every=functools.reduce(math.gcd, budgets)
         )
-        out = self.folder / f"curve_{upsampler}"
         wanted = checkpoint_path(out, None if budget == top else budget)
         if self.record is not None:
             if upsampler == "srf_G":
@@ -205,7 +226,7 @@ class Runs:
             # A table row may need only the chain's first ``budget`` steps: plan the longest need.
             steps = max(budget, self.record.get(out, {}).get("steps", 0))
             self.record[out] = {"stage": "guide", "steps": steps, "upsampler": upsampler}
-        elif not wanted.is_file() or (budget == top and (run_iters(out) or top) < top):  # missing, or a shorter end
+        elif not wanted.is_file() or (budget == top and started < top):  # missing, or a shorter end
             options = {k: v for k, v in self.options.items() if k != "iters"}  # the chain sets its own length
             # The chain's recorded profile carries only its own schedule (and no seed list or budgets), so
             # that setting the other stages' budgets or seed counts later does not make the chain foreign.
@@ -260,6 +281,9 @@ class Runs:
         """Stage 3 with G (``reuse="G"``) or M (``reuse="M"``) reused."""
         from .train import train_target
 
+        plain_a2 = reuse == "G" and (arch, variant, freeze_g, srf_gan) == (None, "paper", False, None)
+        if plain_a2 and self.target_on_curve():
+            return self.curve("srf_G", self.profile.target.iters)
         if reuse == "G":
             srf_gan = srf_gan or self.srf_gan(variant)
             source = dict(srf_gan_dir=srf_gan)

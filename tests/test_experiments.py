@@ -187,20 +187,43 @@ def test_rows_on_a_learning_curve_chain_reuse_its_checkpoint(tmp_path):
     from srfkit.experiments import Runs
     from srfkit.profiles import get_profile
 
-    cpu = get_profile("cpu")  # constant-rate guide; 2,000 and 4,000 are curve budgets
+    cpu = get_profile("cpu")  # constant-rate guide and target at 4,000 steps, a curve budget
     runs = Runs(cpu, "shapes", 0, tmp_path, record={})
     seed = tmp_path / "cpu" / "shapes" / "seed0"
-    assert runs.detector("srf") == seed / "curve_srf" / "step_002000.pt"  # srf_scratch
-    assert runs.detector(iters=4000) == seed / "curve_nearest" / "step_004000.pt"  # A1_matched
+    assert runs.detector() == seed / "curve_nearest" / "step_004000.pt"  # the guide (A1), stage 1's F
+    assert runs.detector("srf") == seed / "curve_srf" / "step_004000.pt"  # srf_scratch
+    assert runs.target("G") == seed / "curve_srf_G" / "step_004000.pt"  # A2
+    assert runs.detector(iters=2000) == seed / "curve_nearest" / "step_002000.pt"
     assert runs.curve("nearest", max(cpu.curve_budgets)) == seed / "curve_nearest" / "final.pt"  # the chain's end
-    assert runs.detector() == seed / "guide"  # stage 1 needs the guide's folder
     assert runs.detector("bilinear") == seed / "det_default_bilinear"  # no curve for it
     assert runs.detector("srf", arch="retinanet") == seed / "det_retinanet_srf"
     assert runs.detector(iters=3500) == seed / "guide_3500steps"  # not a budget of the curve
-    assert runs.record[seed / "curve_srf"]["steps"] == 2000  # planned: only what the row needs
+    assert runs.target("G", variant="light") == seed / "target_default_G_srf_gan_light"  # no chain for it
+    assert runs.target("G", freeze_g=True) == seed / "target_default_G_srf_gan_paper_frozen"
+    assert runs.record[seed / "curve_srf"]["steps"] == 4000  # planned: only what the row needs
+    assert runs.record[seed / "srf_gan_paper"]["steps"] == cpu.srf_gan.iters  # the srf_G chain's stage 1
     decayed = cpu.replace(guide=dataclasses.replace(cpu.guide, milestones=(2 / 3,)))
     assert Runs(decayed, "shapes", 0, tmp_path, record={}).detector("srf") == seed / "det_default_srf"
+    assert Runs(decayed, "shapes", 0, tmp_path, record={}).detector() == seed / "guide"
     assert Runs(cpu, "shapes", 0, tmp_path, {"iters": 3}, record={}).detector("srf") == seed / "det_default_srf"
+    other_target = cpu.replace(target=dataclasses.replace(cpu.target, lr=0.02))  # not the chain's rate
+    assert Runs(other_target, "shapes", 0, tmp_path, record={}).target("G") == seed / "target_default_G_srf_gan_paper"
+
+
+def test_a_chain_never_shrinks_when_the_curve_is_run_to_a_shorter_horizon(tmp_path):
+    """A chain trained to 6 steps, asked for budget 4 as the longest of a shorter curve (``--curve-budgets
+    2,4``), gives its 4-step checkpoint, not its 6-step final.pt, and trains nothing."""
+    from srfkit.experiments import Runs
+    from srfkit.profiles import get_profile
+
+    quick = get_profile("quick")
+    longer = quick.replace(guide=dataclasses.replace(quick.guide, milestones=()), curve_budgets=(2, 4, 6))
+    chain = Runs(longer, "shapes", 0, tmp_path, {"progress": False}).curve("nearest", 6).parent
+    before = {p.name: p.stat().st_mtime_ns for p in chain.iterdir()}
+    short = Runs(longer.replace(curve_budgets=(2, 4)), "shapes", 0, tmp_path, {"progress": False})
+    assert short.curve("nearest", 4) == chain / "step_000004.pt"
+    assert short.curve("nearest", 2) == chain / "step_000002.pt"
+    assert {p.name: p.stat().st_mtime_ns for p in chain.iterdir()} == before
 
 
 def test_default_family_rows_share_the_stage_folders_of_tables_4_and_5(tmp_path):
@@ -272,6 +295,7 @@ def test_the_srf_g_chain_at_a_budget_is_table_4s_a2_trained_that_long(tmp_path):
     checkpoint at the target's length equals A2 in every weight (so A2 is the curve's point there)."""
     from srfkit.experiments import Runs
     from srfkit.profiles import get_profile
+    from srfkit.train import train_target
     from srfkit.train.checkpoint import checkpoint_path, load_checkpoint
 
     quick = get_profile("quick")
@@ -279,7 +303,9 @@ def test_the_srf_g_chain_at_a_budget_is_table_4s_a2_trained_that_long(tmp_path):
     profile = quick.replace(guide=flat, target=flat, curve_budgets=(2, 4, 6))
     runs = Runs(profile, "shapes", 0, tmp_path / "runs", {"progress": False})
     point = runs.curve("srf_G", 4)
-    a2 = runs.target("G")
+    assert runs.target("G") == point  # so the tables take A2 from the chain
+    a2 = tmp_path / "a2"  # stage 3 run on its own, as the tables did before
+    train_target(profile, "shapes", a2, seed=0, reuse="G", srf_gan_dir=runs.srf_gan(), progress=False)
     a = load_checkpoint(point)["models"]["detector"]
     b = load_checkpoint(checkpoint_path(a2))["models"]["detector"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
