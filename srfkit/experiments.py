@@ -214,12 +214,15 @@ class Runs:
         out = self.folder / f"curve_{upsampler}"
         # A chain never shrinks: one started for a longer curve (a run with fewer ``--curve-budgets``) keeps
         # its length, and a budget below its end is read from the periodic checkpoint, never its final.pt.
+        # A finished chain that ends at ``budget`` (started for a shorter curve) is read as it is; it is
+        # extended only when a longer budget is asked for.
         started = run_iters(out) or 0
         top = max(*budgets, started)
         schedule = dataclasses.replace(
             self.profile.guide, iters=top, milestones=(), checkpoint_every=functools.reduce(math.gcd, budgets)
         )
-        wanted = checkpoint_path(out, None if budget == top else budget)
+        ends_here = budget == started and checkpoint_path(out).is_file()
+        wanted = checkpoint_path(out, None if budget == top or ends_here else budget)
         if self.record is not None:
             if upsampler == "srf_G":
                 self.srf_gan()  # planned with the chain that needs it

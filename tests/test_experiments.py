@@ -224,6 +224,13 @@ def test_a_chain_never_shrinks_when_the_curve_is_run_to_a_shorter_horizon(tmp_pa
     assert short.curve("nearest", 4) == chain / "step_000004.pt"
     assert short.curve("nearest", 2) == chain / "step_000002.pt"
     assert {p.name: p.stat().st_mtime_ns for p in chain.iterdir()} == before
+    # and a chain that ends at a budget is read there when a longer curve is planned, without training
+    shorter = Runs(longer.replace(curve_budgets=(2, 4)), "shapes", 0, tmp_path / "short", {"progress": False})
+    end = shorter.curve("srf", 4)
+    assert end.name == "final.pt"
+    ended = {p.name: p.stat().st_mtime_ns for p in end.parent.iterdir()}
+    assert Runs(longer, "shapes", 0, tmp_path / "short", {"progress": False}).curve("srf", 4) == end
+    assert {p.name: p.stat().st_mtime_ns for p in end.parent.iterdir()} == ended
 
 
 def test_default_family_rows_share_the_stage_folders_of_tables_4_and_5(tmp_path):
