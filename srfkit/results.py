@@ -445,8 +445,8 @@ def unmeasured_paper_rows(agreement: Mapping[str, Mapping], paper_rows: Mapping,
 
 
 # The questions the book answers, in the order a reader asks them: (question, experiment, comparison).
-# ``{top}`` is the learning curve's largest budget. Each is read from the paired comparison its result
-# file stores (verdict from the 95% t-interval alone).
+# ``{top}`` is the learning curve's longest budget measured with paired seeds (see :func:`findings`). Each
+# is read from the paired comparison its result file stores (verdict from the 95% t-interval alone).
 FINDINGS: tuple[tuple[str, str, str], ...] = (
     ("Does G from stage 1, reused in the detector, beat nearest at the same budget?", "progressive", "A2 - A1"),
     ("Does a learned upsampler without the GAN stages (G from scratch) beat nearest?", "interpolation",
@@ -465,6 +465,21 @@ FINDINGS: tuple[tuple[str, str, str], ...] = (
 )  # fmt: skip
 
 
+def _longest_compared(entry: Mapping, template: str, budgets: Sequence[int], iou: str = "bbox") -> str:
+    """``template`` (a comparison name, perhaps with ``{top}``) at the longest of ``budgets`` where ``entry``
+    stores it with two or more paired seeds, else with one, else at the longest budget (not measured)."""
+    if "{top}" not in template:
+        return template
+    stored = entry.get("comparisons") or {}
+    names = [template.format(top=b) for b in sorted(budgets, reverse=True)]
+    seeds = {n: ((stored.get(n) or {}).get(iou) or {}).get("n") or 0 for n in names}
+    for least in (2, 1):
+        for name in names:
+            if seeds[name] >= least:
+                return name
+    return names[0] if names else template.format(top=0)
+
+
 def findings(profile: str = "cpu", dataset: str = "shapes", root: Path | None = None, iou: str = "bbox") -> list[dict]:
     """Each of :data:`FINDINGS` with what the result files say: ``{"question", "experiment", "comparison",
     "n", "mean", "low", "high", "verdict"}``; ``verdict`` is ``"not measured yet"`` (``n`` 0) when the
@@ -472,12 +487,11 @@ def findings(profile: str = "cpu", dataset: str = "shapes", root: Path | None = 
     from .profiles import get_profile
 
     budgets = get_profile(profile).curve_budgets
-    top = max(budgets) if budgets else 0
     entries = {e: valid_entries(load_result(profile, e, root))[0].get(dataset) or {} for _, e, _ in FINDINGS}
     out = []
     for question, experiment, comparison in FINDINGS:
-        comparison = comparison.format(top=top)
         entry = entries[experiment]
+        comparison = _longest_compared(entry, comparison, budgets, iou)
         c = ((entry.get("comparisons") or {}).get(comparison) or {}).get(iou)
         row = {"question": question, "experiment": experiment, "comparison": comparison}
         if not c:

@@ -491,9 +491,18 @@ def test_findings_read_the_stored_comparisons(tmp_path):
     assert first["comparison"] == "A2 - A1" and first["n"] == 3 and first["mean"] == pytest.approx(6.5 / 3)
     assert first["verdict"] == "gain" and 0 < first["low"] < first["mean"] < first["high"]
     assert all(f["verdict"] == "not measured yet" and f["n"] == 0 for f in got[1:])  # invalidated or absent
-    top = max(get_profile("cpu").curve_budgets)  # the cpu curve's longest budget
+    top = max(get_profile("cpu").curve_budgets)  # nothing measured: the cpu curve's longest budget
     assert [f["comparison"] for f in got[-3:]] == [f"srf@{top} - nearest@{top}", f"srf_G@{top} - nearest@{top}",
                                                    f"srf_G@{top} - srf@{top}"]  # fmt: skip
+    # the curve questions go to the longest budget compared with paired seeds (6,000: two; 8,000: one)
+    pairs = [("srf@6000", "nearest@6000"), ("srf@8000", "nearest@8000")]
+    cells = [(0, "nearest@6000", 80.0), (0, "srf@6000", 81.0), (1, "nearest@6000", 81.0), (1, "srf@6000", 82.5),
+             (0, "nearest@8000", 82.0), (0, "srf@8000", 82.0)]  # fmt: skip
+    for seed, row, ap in cells:
+        update_cell("cpu", "learning_curve", "shapes", row, seed, {"bbox": {"AP": ap}}, {"fingerprint": "x"},
+                    comparisons=pairs, root=tmp_path)  # fmt: skip
+    srf = findings("cpu", "shapes", root=tmp_path)[-3]
+    assert srf["comparison"] == "srf@6000 - nearest@6000" and srf["n"] == 2 and srf["mean"] == pytest.approx(1.25)
 
 
 def test_campaign_commits_a_result_file_in_the_checkout_that_holds_it(tmp_path, monkeypatch):
