@@ -103,37 +103,30 @@ class Runs:
         """Whether a detector trained from scratch for ``steps`` with the guide schedule is a point of a
         learning-curve chain (:meth:`curve`), so that the chain's checkpoint can stand for it.
 
-        True when the guide schedule has a constant rate (no milestones: then ``steps`` steps of the
-        guide schedule are the chain's first ``steps`` steps, the same data order and learning rates),
-        ``steps`` is one of the profile's ``curve_budgets``, the detector is the guide's architecture
-        with an upsampler that the curve trains, and no loop option overrides the stage lengths. The
-        chain is deterministic: the cpu guide at 2,000 steps equals the chain's 2,000-step checkpoint
-        in every digit of its AP (data/results/cpu progressive A1 against learning_curve nearest@2000).
+        True when the detector is the guide's architecture with an upsampler that the curve trains and
+        ``steps`` is a chain length (:meth:`_chain_point`). The chain is deterministic: stopped and
+        resumed at each budget it gives the same weights as one run of that length
+        (``test_a_curve_checkpoint_equals_the_detector_trained_for_that_budget``).
         """
-        return (
-            arch is None
-            and upsampler in CURVE_UPSAMPLERS
-            and not self.profile.guide.milestones
-            and steps in self.profile.curve_budgets
-            and "iters" not in self.options
-        )
+        return arch is None and upsampler in CURVE_UPSAMPLERS and self._chain_point(steps)
 
     def target_on_curve(self) -> bool:
         """Whether stage 3 with the paper's G reused (Table 4's A2) is a point of the ``srf_G`` chain.
 
-        True when the target schedule is the guide's at a constant rate (the chain trains with the guide
-        schedule's rate and warm-up, without decay) and its length is one of the ``curve_budgets``; then
-        the chain's checkpoint at that length equals A2 in every weight
+        True when the target schedule is the guide's but for its length (the chain trains with the guide
+        schedule's rate and warm-up) and that length is a chain point (:meth:`_chain_point`); then the
+        chain's checkpoint at that length equals A2 in every weight
         (``test_the_srf_g_chain_at_a_budget_is_table_4s_a2_trained_that_long``).
         """
         guide, target = self.profile.guide, self.profile.target
         same_rate = dataclasses.replace(target, iters=guide.iters, checkpoint_every=guide.checkpoint_every) == guide
-        return (
-            same_rate
-            and not target.milestones
-            and target.iters in self.profile.curve_budgets
-            and "iters" not in self.options
-        )
+        return same_rate and self._chain_point(target.iters)
+
+    def _chain_point(self, steps: int) -> bool:
+        """Whether ``steps`` of the guide schedule are the first ``steps`` of a curve chain: the guide has a
+        constant rate (no milestones: the same data order and learning rates), ``steps`` is one of the
+        profile's ``curve_budgets``, and no loop option overrides the stage lengths."""
+        return not self.profile.guide.milestones and steps in self.profile.curve_budgets and "iters" not in self.options
 
     def reuse_m_steps(self) -> int:
         """Optimiser steps behind a target detector that reuses M: stage 2's plus stage 3's."""
