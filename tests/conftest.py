@@ -1,8 +1,15 @@
-"""Shared fixtures: small COCO-format datasets written on the fly, and one torch thread per test."""
+"""Shared fixtures: small COCO-format datasets written on the fly, and one torch thread per test.
+
+The suite runs on the CPU, also on a machine with a GPU, so that it means the same everywhere (CI has no
+GPU). ``SRFKIT_TEST_DEVICE=cuda pytest`` runs it with CUDA visible instead: training then takes the GPU
+with mixed precision, and the tests marked ``cpu_exact`` are skipped, because CUDA's atomic-add backward
+kernels (roi_align, interpolate) make two identical runs differ in the last bits.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +18,24 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+
+def on_cuda() -> bool:
+    """Whether this test session runs with CUDA visible (``SRFKIT_TEST_DEVICE=cuda``)."""
+    return os.environ.get("SRFKIT_TEST_DEVICE", "cpu") == "cuda"
+
+
+def pytest_configure(config):
+    if not on_cuda():  # before anything asks CUDA; subprocesses (the CLI tests) inherit it
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_collection_modifyitems(config, items):
+    if on_cuda():
+        skip = pytest.mark.skip(reason="bit-identity across runs holds on the CPU only (CUDA backward atomics)")
+        for item in items:
+            if "cpu_exact" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -249,6 +249,7 @@ def test_default_family_rows_share_the_stage_folders_of_tables_4_and_5(tmp_path)
     assert table1["fcos/nearest"](runs) == seed / "det_fcos_nearest"
 
 
+@pytest.mark.cpu_exact
 def test_a_curve_checkpoint_equals_the_detector_trained_for_that_budget(tmp_path):
     """The reuse above is exact: the chain stopped and resumed at each budget gives the same weights
     as one run of the guide schedule for that many steps."""
@@ -269,6 +270,7 @@ def test_a_curve_checkpoint_equals_the_detector_trained_for_that_budget(tmp_path
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.cpu_exact
 def test_a_chain_extended_to_a_longer_budget_equals_one_trained_that_long(tmp_path):
     """When the curve's longest budget grows, a finished chain goes on from its checkpoints: the old end is
     re-created bit for bit (and its set-aside final.pt removed), and the new end equals a chain that had
@@ -297,6 +299,7 @@ def test_a_chain_extended_to_a_longer_budget_equals_one_trained_that_long(tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.cpu_exact
 def test_the_srf_g_chain_at_a_budget_is_table_4s_a2_trained_that_long(tmp_path):
     """srf_G@b is stage 3 with the seed's stage-1 G reused, at the target schedule's rate: the chain's
     checkpoint at the target's length equals A2 in every weight (so A2 is the curve's point there)."""

@@ -352,6 +352,7 @@ def _resume_case(stage, run, data, out, **kw):
     return fn(QUICK, data, out, seed=0, **extra, **kw, **FAST)
 
 
+@pytest.mark.cpu_exact
 @pytest.mark.parametrize("stage", ["guide", "srf-gan", "extractor", "target"])
 def test_interrupted_then_resumed_equals_uninterrupted(run, data, tmp_path, stage):
     stopped = _resume_case(stage, run, data, tmp_path, stop_at=4)  # dies after step 4; checkpoint at 3
@@ -368,6 +369,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(run, data, tmp_path, stag
     assert strip(_rows(resumed)) == strip(_rows(run[stage]))
 
 
+@pytest.mark.cpu_exact
 def test_only_a_constant_rate_run_is_extended_and_only_when_asked(data, tmp_path):
     import dataclasses
 

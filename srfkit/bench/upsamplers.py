@@ -1,4 +1,5 @@
-"""Parameters and CPU latency of every registered FPN upsampler (a benchmark, not a test).
+"""Parameters and latency (CPU, or a GPU with ``--device cuda``) of every registered FPN upsampler (a
+benchmark, not a test).
 
 ``python -m srfkit.bench.upsamplers [--channels 256 128] [--repeats 20] [--threads 1] [--json PATH]``
 
@@ -59,8 +60,10 @@ def benchmark(
     warmup: int = 2,
     seed: int = 0,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> list[dict]:
-    """Time the three top-down steps for each upsampler in ``names`` at width ``channels``.
+    """Time the three top-down steps for each upsampler in ``names`` at width ``channels`` on ``device``
+    (on CUDA the device is synchronised before and after each timed run).
 
     Returns one dict per upsampler: ``upsampler``, ``channels``, ``params`` (int), ``latency_ms``
     (median over ``repeats``, milliseconds for all three steps of one image), ``runs_ms`` (every
@@ -70,9 +73,11 @@ def benchmark(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     names = list(dict.fromkeys([REFERENCE, *names]))
     torch.manual_seed(seed)
-    modules = {name: make_upsampler(name, channels).eval() for name in names}
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    modules = {name: make_upsampler(name, channels).eval().to(device) for name in names}
     steps = step_sizes(image_size)
-    inputs = [(torch.randn(1, channels, i, i), (o, o)) for i, o in steps]
+    inputs = [(torch.randn(1, channels, i, i).to(device), (o, o)) for i, o in steps]
     runs: dict[str, list[float]] = {name: [] for name in names}
     rng = random.Random(seed)
     with torch.inference_mode():
@@ -81,9 +86,11 @@ def benchmark(
             rng.shuffle(order)
             for name in order:
                 module = modules[name]
+                sync()
                 start = time.perf_counter()
                 for x, size in inputs:
                     module(x, size=size)
+                sync()
                 elapsed = (time.perf_counter() - start) * 1e3
                 if r >= warmup:
                     runs[name].append(elapsed)
@@ -119,7 +126,7 @@ def format_table(rows: list[dict]) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m srfkit.bench.upsamplers",
-        description="Parameters and median CPU latency of the FPN upsamplers (three top-down steps of one image), "
+        description="Parameters and median latency of the FPN upsamplers (three top-down steps of one image), "
         "as a ratio to nearest measured in the same run.",
     )
     p.add_argument("--channels", type=int, nargs="+", default=[256, 128], help="FPN widths C (default: 256 128)")
@@ -130,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help="comma-separated upsampler names (nearest is always included)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures to PATH")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... [%(default)s]")
     return p
 
 
@@ -151,14 +159,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = []
         for channels in args.channels:
             rows += benchmark(
-                names, channels, args.size, repeats=args.repeats, warmup=args.warmup, progress=not args.no_progress
+                names,
+                channels,
+                args.size,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                progress=not args.no_progress,
+                device=args.device,
             )
     finally:
         torch.set_num_threads(previous_threads)
     steps = ", ".join(f"{i}->{o}" for i, o in step_sizes(args.size))
+    where = (
+        f"{torch.cuda.get_device_name(torch.device(args.device))}"
+        if torch.device(args.device).type == "cuda"
+        else f"CPU, {args.threads} thread(s)"
+    )
     print(
-        f"FPN upsamplers: three top-down steps of a {args.size}x{args.size} image (px {steps}), batch 1, CPU, "
-        f"{args.threads} thread(s), median of {args.repeats} run(s); ratio to nearest in the same run.\n"
+        f"FPN upsamplers: three top-down steps of a {args.size}x{args.size} image (px {steps}), batch 1, {where}, "
+        f"median of {args.repeats} run(s); ratio to nearest in the same run.\n"
         f"torch {torch.__version__}, {platform.machine()} {platform.processor() or ''}".rstrip()
     )
     print(format_table(rows))
@@ -167,6 +186,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "image_size": args.size,
             "steps_px": step_sizes(args.size),
             "threads": args.threads,
+            "device": where,
             "repeats": args.repeats,
             "warmup": args.warmup,
             "torch": torch.__version__,

@@ -6,6 +6,11 @@ then step decay (:func:`warmup_multistep`), gradient clipping, AMP on CUDA only,
 (:class:`InfiniteBatchSampler`), non-finite loss detection, ``tqdm`` progress, the JSON-lines
 metrics log, periodic and final checkpoints, bit-identical resume and ``torchrun`` processes.
 
+Bit-identical resume holds on the CPU (tested). On CUDA a resumed or extended run is the same run up to
+the last bits: the backward kernels of roi_align and interpolate add with atomics in no fixed order
+(seen on an H200, 2026-11-30: the bit-identity tests fail there, the rest of the suite passes), and an
+extended chain then keeps the superseded ``final.pt`` beside the new one and warns.
+
 Files written in ``out_dir`` (by rank 0): ``config.json`` (the run's settings), ``metrics.jsonl``
 (one line per step: ``step``, ``lr``, ``time_s`` (wall seconds of the step), ``cpu_s`` (process CPU
 seconds of the step) and every loss term), ``step_000123.pt`` every ``checkpoint_every`` steps (the
