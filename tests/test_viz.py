@@ -192,6 +192,10 @@ def test_tables_paper_beside_ours():
     assert result_rows(doc) == {"shapes": [["srf_M", summary["bbox"]["AP"], summary["segm"]["AP"]]]}
     text = result_source(doc)
     assert "data/results/cpu/interpolation.json" in text and "abc" in text and "5 min" in text
+    assert "experiment runner" in text
+    bench = {"experiment": "detector_cost", "profile": "paper", "rows": [], "provenance": doc["provenance"]}
+    text = result_source(bench, writer="`python -m srfkit.bench.detectors`")
+    assert "written by `python -m srfkit.bench.detectors` at commit `abc`" in text and "()" not in text
 
     html = paper_vs_ours("table5_interpolation", doc, "shapes", {"srf": "srf_M"}).data
     quoted = paper_table("table5_interpolation")["rows"]["srf"]

@@ -227,13 +227,15 @@ def result_rows(doc: Mapping, metric: str = "AP") -> dict[str, list[list]]:
     return out
 
 
-def result_source(doc: Mapping, path: str | Path | None = None) -> str:
+def result_source(doc: Mapping, path: str | Path | None = None, writer: str | None = None) -> str:
     """One Markdown sentence saying which run made a result file (commit, device, seeds, time).
 
-    ``path`` is where the file was read from (default: ``data/results/<profile>/<experiment>.json``).
+    ``path`` is where the file was read from (default: ``data/results/<profile>/<experiment>.json``);
+    ``writer`` the command that wrote it (default: srfkit's experiment runner).
     """
     if path is None:
         path = f"data/results/{doc.get('profile', '?')}/{doc.get('experiment', '?')}.json"
+    writer = writer or "srfkit's experiment runner (`python -m srfkit campaign` / `experiments`)"
     prov = doc.get("provenance", {})
     parts = []
     for dataset, entry in doc.get("datasets", {}).items():
@@ -241,11 +243,11 @@ def result_source(doc: Mapping, path: str | Path | None = None) -> str:
         wall = entry.get("wall_time_s")
         took = "" if not wall else f", {wall:.0f} s" if wall < 120 else f", {wall / 60:.0f} min"
         parts.append(f"`{dataset}`: seeds {seeds}{took}")
+    runs = f" ({'; '.join(parts)})" if parts else ""
     return (
-        f"*Source: `{path}`, written by "
-        "srfkit's experiment runner (`python -m srfkit campaign` / `experiments`) at commit "
+        f"*Source: `{path}`, written by {writer} at commit "
         f"`{prov.get('git_commit', '?')}` on {prov.get('device', '?')}, "
-        f"finished {prov.get('finished_utc', '?')} ({'; '.join(parts)}).*"
+        f"finished {prov.get('finished_utc', '?')}{runs}.*"
     )
 
 
