@@ -290,16 +290,15 @@ def _common(args: argparse.Namespace) -> dict:
 
 
 def _dataset(args: argparse.Namespace, profile):
+    """The shipped dataset's name, or the train split of ``--coco-root``, flipped as the profile says
+    (shipped datasets get their flip in :func:`srfkit.train.inputs.resolve_dataset`)."""
     if args.dataset is not None:
         return args.dataset
-    from .data import CocoDetection
+    from .data import RandomHorizontalFlip, load_coco_root
+    from .profiles import get_profile
 
-    root = args.coco_root
-    images, annotations = root / "train2017", root / "annotations" / "instances_train2017.json"
-    for path in (images, annotations):
-        if not path.exists():
-            raise FileNotFoundError(f"--coco-root {root}: {path} not found (expected COCO 2017 layout)")
-    return CocoDetection(images, annotations)
+    hflip = get_profile(profile).train_hflip
+    return load_coco_root(args.coco_root, "train", transforms=RandomHorizontalFlip(hflip) if hflip > 0 else None)
 
 
 def _report(result) -> None:
@@ -425,7 +424,14 @@ add_subcommand("pipeline", _configure_pipeline, _run_pipeline, "stages 0-3 in or
 
 def _configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", type=Path, required=True, metavar="DIR", help="a finished guide/extractor/target folder")
-    p.add_argument("--dataset", metavar="NAME", help="shipped dataset [the one the stage trained on]")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--dataset", metavar="NAME", help="shipped dataset [the one the stage trained on]")
+    data.add_argument(
+        "--coco-root",
+        type=Path,
+        metavar="DIR",
+        help="a COCO 2017 folder (val2017/, annotations/) [the one the stage trained on, if any]",
+    )
     p.add_argument("--split", default="val", choices=("val", "train"), help="split to evaluate [%(default)s]")
     p.add_argument(
         "--full-resolution",
@@ -448,6 +454,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         full_resolution=args.full_resolution,
         eval_images=args.eval_images,
         progress=args.progress,
+        coco_root=args.coco_root,
     )
     out = args.json or args.stage / f"eval-{args.split}.json"
     write_json(out, {"stage": str(args.stage), "split": args.split, "metrics": metrics})

@@ -107,7 +107,7 @@ class Profile:
             profile on shapes the gradient norm was 0.4 at the first steps (13 with GroupNorm), and after
             300 steps no detection passed the 0.05 score threshold (box AP 0.0; with GroupNorm 3.6, FCOS 4.7).
         curve_budgets: training steps at which the ``learning_curve`` experiment evaluates its chains.
-        train_hflip: probability of a horizontal flip of each training image of a shipped dataset
+        train_hflip: probability of a horizontal flip of each training image (shipped dataset or COCO folder)
             (0: none). The paper's detectron2 default flips with probability 0.5.
     """
 

@@ -97,3 +97,28 @@ def test_commands_plug_into_the_registry(monkeypatch, capsys):
     assert capsys.readouterr().out == "hello srf\n"
     with pytest.raises(ValueError, match="already registered"):
         cli.add_subcommand("hello", configure, print)
+
+
+def test_a_guide_trained_on_a_coco_folder_flips_records_it_and_evaluates_on_its_val(tmp_path, clean_coco, capsys):
+    from srfkit.data import RandomHorizontalFlip, load_coco_root
+    from srfkit.train.loaders import read_stage
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        (root / f"{split}2017").symlink_to(clean_coco.images_dir)
+        (root / "annotations" / f"instances_{split}2017.json").write_text(clean_coco.ann_file.read_text())
+    train = cli._dataset(cli.build_parser().parse_args(["guide", "--coco-root", str(root), "--out", "x"]), "quick")
+    assert isinstance(train.transforms, RandomHorizontalFlip) and train.name == "coco"  # quick flips at 0.5
+    assert load_coco_root(root, "val").transforms is None
+
+    out = tmp_path / "guide"
+    args = ["guide", "--profile", "quick", "--coco-root", str(root), "--out", str(out), "--iters", "2"]
+    assert cli.main([*args, "--no-progress"]) == 0
+    assert read_stage(out)["config"]["dataset"]["coco_root"] == str(root.resolve())
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--stage", str(out), "--no-progress"]) == 0  # the recorded folder's val2017
+    assert "bbox" in capsys.readouterr().out and json.loads((out / "eval-val.json").read_text())["metrics"]["bbox"]
+    (root / "annotations" / "instances_val2017.json").unlink()
+    assert cli.main(["evaluate", "--stage", str(out), "--coco-root", str(root), "--no-progress"]) == 1
+    assert "instances_val2017.json not found" in capsys.readouterr().err

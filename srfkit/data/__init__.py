@@ -24,9 +24,11 @@ from .coco import (
     CocoDetection,
     DatasetError,
     ImageFileError,
+    coco_root_split,
     collate_fn,
     collate_train,
     drop_crowd,
+    load_coco_root,
     read_image,
 )
 from .degrade import DEGRADE_MODES, Compose, Degrade, RandomHorizontalFlip, degrade, degraded_size
@@ -43,6 +45,7 @@ __all__ = [
     "ImageFileError",
     "RandomHorizontalFlip",
     "build_dataset",
+    "coco_root_split",
     "collate_fn",
     "collate_train",
     "data_root",
@@ -53,6 +56,7 @@ __all__ = [
     "drop_crowd",
     "is_built",
     "load",
+    "load_coco_root",
     "read_image",
     "register_dataset",
     "size_histogram",

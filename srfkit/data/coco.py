@@ -29,6 +29,8 @@ __all__ = [
     "AnnotationFileError",
     "ImageFileError",
     "CocoDetection",
+    "coco_root_split",
+    "load_coco_root",
     "collate_fn",
     "read_image",
     "decode_rle",
@@ -349,6 +351,33 @@ class CocoDetection(Dataset):
 
 # Per-object entries of a target dict (first dimension K); the rest (``image_id``) is per image.
 OBJECT_KEYS = ("boxes", "labels", "masks", "iscrowd", "area")
+
+
+def coco_root_split(root: str | Path, split: str = "train") -> tuple[Path, Path]:
+    """``(images_dir, annotation_file)`` of one split of a COCO 2017 folder: ``root/{split}2017`` and
+    ``root/annotations/instances_{split}2017.json``.
+
+    Raises:
+        FileNotFoundError: either is missing (the message names it and the layout expected).
+    """
+    root = Path(root)
+    images, annotations = root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json"
+    for path in (images, annotations):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"COCO folder {root}: {path} not found (expected {split}2017/ and "
+                f"annotations/instances_{split}2017.json, the COCO 2017 layout)"
+            )
+    return images, annotations
+
+
+def load_coco_root(root: str | Path, split: str = "train", transforms: Callable | None = None) -> CocoDetection:
+    """One split of a COCO 2017 folder as a :class:`CocoDetection` named ``coco``; its ``coco_root``
+    attribute (recorded in stage configs) lets a stage trained on it be evaluated on the same folder."""
+    ds = CocoDetection(*coco_root_split(root, split), transforms=transforms)
+    ds.name = "coco"
+    ds.coco_root = str(Path(root).resolve())
+    return ds
 
 
 def drop_crowd(target: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -51,12 +51,20 @@ def evaluation_key(
     eval_images: int,
     profile: Profile,
     checkpoint: Path | None = None,
+    coco_root: str | Path | None = None,
 ) -> dict:
-    """Everything that changes a stage's AP (see the module doc); plain JSON values."""
+    """Everything that changes a stage's AP (see the module doc); plain JSON values. With ``coco_root``
+    (a COCO folder, dataset ``coco``) the split's annotation file's SHA-1 stands for the dataset build."""
+    if coco_root is not None:
+        from ..data import coco_root_split
+
+        build = {"coco_root": str(coco_root), "annotation_sha1": file_sha1(coco_root_split(coco_root, split)[1])}
+    else:
+        build = build_record(dataset, profile)
     return {
         "dataset": dataset,
         "split": split,
-        "dataset_build": build_record(dataset, profile),
+        "dataset_build": build,
         "full_resolution": bool(full_resolution),
         "eval_images": int(eval_images),
         "checkpoint": (checkpoint or stage_dir / FINAL_NAME).name,
@@ -74,6 +82,7 @@ def evaluate_stage(
     eval_images: int | None = None,
     progress: bool = True,
     cache: bool = True,
+    coco_root: str | Path | None = None,
 ) -> dict:
     """COCO AP (box, and mask where the model has masks) of a finished stage's detector.
 
@@ -87,6 +96,8 @@ def evaluate_stage(
         eval_images: cap on images (default: the profile's ``eval_images``; 0 = all).
         progress: show a progress bar.
         cache: read and write ``stage_dir/eval.json`` (keyed; see the module doc).
+        coco_root: a COCO 2017 folder to evaluate on (its ``{split}2017``); default for a stage trained
+            on a COCO folder: the folder its config records.
 
     Returns:
         ``{"bbox": {...}, "segm": {...}}`` as :func:`srfkit.eval.coco_evaluate` gives.
@@ -95,7 +106,7 @@ def evaluate_stage(
         FileNotFoundError: the folder is missing or its stage is unfinished (the message names it).
         ValueError: the folder's stage has no detector (a srf-gan stage), or it is not an srfkit stage.
     """
-    from ..data import load
+    from ..data import load, load_coco_root
     from ..eval import coco_evaluate
 
     stage_dir = Path(stage_dir)
@@ -106,11 +117,17 @@ def evaluate_stage(
     if not stage_dir.is_dir():  # one checkpoint of a stage folder
         checkpoint, stage_dir = stage_dir, stage_dir.parent
     profile = load_profile(payload)
-    dataset = dataset or payload["config"].get("dataset", {}).get("name")
+    trained_on = payload["config"].get("dataset", {})
+    dataset = dataset or trained_on.get("name")
+    if coco_root is not None or dataset == "coco":
+        coco_root = coco_root or trained_on.get("coco_root")
+        if coco_root is None:
+            raise ValueError(f"{stage_dir}: trained on a COCO folder its config does not name; pass it (--coco-root)")
+        dataset = "coco"
     if not dataset:
         raise ValueError(f"{stage_dir}: its config names no dataset; pass one (--dataset)")
     eval_images = profile.eval_images if eval_images is None else eval_images
-    key = evaluation_key(stage_dir, dataset, split, full_resolution, eval_images, profile, checkpoint)
+    key = evaluation_key(stage_dir, dataset, split, full_resolution, eval_images, profile, checkpoint, coco_root)
     cache_file = stage_dir / EVAL_CACHE
     cached = _cached(cache_file, key) if cache else None
     if cached is not None:
@@ -119,7 +136,7 @@ def evaluate_stage(
     if full_resolution:
         model.transform.min_size = (profile.image_size,)
         model.transform.max_size = profile.max_size
-    val = load(dataset, split=split, profile=profile)
+    val = load_coco_root(coco_root, split) if coco_root is not None else load(dataset, split=split, profile=profile)
     metrics = coco_evaluate(model, val, max_images=eval_images or None, progress=progress)
     if cache:
         _write_cache(cache_file, key, metrics)

@@ -51,12 +51,15 @@ def resolve_dataset(dataset: str | Dataset, profile: Profile, device: str | None
 def dataset_info(dataset: Dataset) -> dict[str, Any]:
     """Identity of a dataset for configs: name, size, classes, masks."""
     name = getattr(dataset, "name", None) or type(dataset).__name__
-    return {
+    info = {
         "name": str(name),
         "size": len(dataset),
         "num_classes": int(dataset.num_classes),
         "has_masks": bool(getattr(dataset, "has_masks", False)),
     }
+    if getattr(dataset, "coco_root", None):  # a COCO folder (srfkit.data.load_coco_root): where to evaluate
+        info["coco_root"] = str(dataset.coco_root)
+    return info
 
 
 def default_arch(dataset: Dataset) -> str:

@@ -15,6 +15,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from ...data.builders import DATASETS, build_dataset, is_built, split_paths
+from ...data.coco import coco_root_split
 from ...profiles import Profile, get_profile
 
 __all__ = ["dataset_name", "num_classes", "register_coco_root", "register_dataset", "register_shipped"]
@@ -60,11 +61,7 @@ def register_shipped(profile: str | Profile = "quick", root: str | Path | None =
 
 def register_coco_root(root: str | Path) -> tuple[str, str]:
     """Register a COCO 2017 folder (``train2017/``, ``val2017/``, ``annotations/``) as srfkit_coco_train/val."""
-    root = Path(root)
-    return tuple(
-        _register(f"srfkit_coco_{split}", root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json")
-        for split in ("train", "val")
-    )
+    return tuple(_register(f"srfkit_coco_{split}", *coco_root_split(root, split)) for split in ("train", "val"))
 
 
 def num_classes(catalog_name: str) -> int:
