@@ -131,10 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
     dataset = args.dataset
     if args.coco_root is not None:
-        from ..cli import _dataset
+        from ..data import load_coco_root
 
-        args.dataset = None
-        dataset = _dataset(args, args.profile)
+        dataset = load_coco_root(args.coco_root, "train")
     per_step = measure(args.profile, args.steps, dataset, args.device, args.weights_backbone)
     hours = schedule_hours(per_step, args.profile)
     print(f"{'stage':<12} {'wall s/step':>12} {'CPU s/step':>11} {'peak GiB':>9} {'schedule h':>11}")
