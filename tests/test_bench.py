@@ -83,3 +83,7 @@ def test_detector_benchmark_rows_carry_params_latency_and_the_papers_figures(tmp
     stored = json.loads((tmp_path / "quick" / "detector_cost.json").read_text())
     assert stored["rows"] == json.loads(json.dumps(rows)) and stored["provenance"]["device"]
     assert "faster_rcnn  srf" in capsys.readouterr().out
+    from srfkit.bench.detectors import added
+
+    assert added(rows, "backbone_ms") == {"faster_rcnn": srf["backbone_ms"] - nearest["backbone_ms"]}
+    assert added(rows[:1]) == {} and added(rows, "params") == {"faster_rcnn": g}

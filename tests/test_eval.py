@@ -232,6 +232,24 @@ def test_cost_counts_parameters_and_times_in_eval_mode():
         cost(model, 32, runs=0)
 
 
+def test_time_interleaved_runs_every_call_once_per_round_in_a_seeded_order():
+    from srfkit.eval.cost import time_interleaved
+
+    log = []
+    calls = {name: (lambda n=name: log.append(n)) for name in "abc"}
+    times = time_interleaved(calls, warmup=2, runs=3, seed=1)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}  # warm-up rounds discarded
+    assert all(t >= 0 for v in times.values() for t in v)
+    rounds = [log[i : i + 3] for i in range(0, len(log), 3)]
+    assert len(rounds) == 5 and all(sorted(r) == ["a", "b", "c"] for r in rounds)  # each call once a round
+    assert len({tuple(r) for r in rounds}) > 1  # shuffled, not always one order
+    log.clear()
+    time_interleaved(calls, warmup=2, runs=3, seed=1)
+    assert [log[i : i + 3] for i in range(0, len(log), 3)] == rounds  # the order is the seed's
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        time_interleaved(calls, runs=0)
+
+
 def test_cost_of_a_detector():
     torch.manual_seed(0)
     model = build_detector("retinanet", 3, profile="quick")

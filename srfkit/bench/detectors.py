@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-__all__ = ["measure", "main"]
+__all__ = ["measure", "added", "main"]
 
 ARCHS = ("retinanet", "faster_rcnn", "mask_rcnn")
 UPSAMPLERS = ("nearest", "srf")
@@ -32,6 +32,15 @@ def _full_load(model: torch.nn.Module) -> None:
         heads.score_thresh = 0.0
     elif hasattr(model, "score_thresh"):
         model.score_thresh = 0.0
+
+
+def _setting(profile: str, size: tuple[int, int] | None, device: str | None):
+    """(profile, (H, W), device) of a run: the size defaults to the profile's ``image_size`` x ``max_size``."""
+    from ..device import default_device
+    from ..profiles import get_profile
+
+    prof = get_profile(profile)
+    return prof, tuple(size) if size else (prof.image_size, prof.max_size), default_device(device)
 
 
 def measure(
@@ -51,7 +60,7 @@ def measure(
     figures for it.
 
     The models of one arch are timed interleaved, one pass of each per round in a seeded random order,
-    so that clock ramps and load changes hit them alike (as :func:`srfkit.bench.upsamplers.benchmark`).
+    so that clock ramps and load changes hit them alike (:func:`srfkit.eval.cost.time_interleaved`).
 
     Args:
         profile: the profile whose detectors are built (backbone, FPN width, heads).
@@ -59,23 +68,15 @@ def measure(
         device: where to run (default: CUDA if present).
         num_classes: classes with the background (81: COCO's 80).
     """
-    import random
     import statistics
-    import time
 
     from ..detection import build_detector
-    from ..device import default_device
-    from ..eval.cost import _example_input, count_parameters
-    from ..profiles import get_profile
+    from ..eval.cost import count_parameters, example_input, time_interleaved
     from ..reference import paper_table
 
-    prof = get_profile(profile)
-    size = size or (prof.image_size, prof.max_size)
-    dev = default_device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    prof, size, dev = _setting(profile, size, device)
     table = paper_table("table1_detectors")
     col = {name: i for i, name in enumerate(table["columns"])}
-    rng = random.Random(seed)
     rows = []
     for arch in archs:
         models = {}
@@ -83,24 +84,15 @@ def measure(
             torch.manual_seed(seed)
             models[name] = build_detector(arch, num_classes, name, prof).to(dev).eval()
             _full_load(models[name])
-        images = _example_input(models[upsamplers[0]], size, dev)
+        images = example_input(models[upsamplers[0]], size, dev)
         with torch.inference_mode():
             batch = models[upsamplers[0]].transform(images)[0].tensors  # resized and padded as in forward
-            passes = {
-                "latency_ms": lambda m, x=images: m(x),
-                "backbone_ms": lambda m, x=batch: m.backbone(x),
-            }
-            times = {(name, key): [] for name in models for key in passes}
-            for r in range(warmup + runs):
-                order = [(name, key) for name in models for key in passes]
-                rng.shuffle(order)
-                for name, key in order:
-                    sync()
-                    start = time.perf_counter()
-                    passes[key](models[name])
-                    sync()
-                    if r >= warmup:
-                        times[name, key].append(1e3 * (time.perf_counter() - start))
+            calls = {}
+            for name, m in models.items():
+                calls[name, "latency_ms"] = lambda m=m, x=images: m(x)
+                calls[name, "backbone_ms"] = lambda m=m, x=batch: m.backbone(x)
+            times = time_interleaved(calls, dev, warmup, runs, seed)
+        passes = ("latency_ms", "backbone_ms")
         base = None
         for name, model in models.items():
             row = {"arch": arch, "upsampler": name, "params": count_parameters(model)}
@@ -117,6 +109,13 @@ def measure(
             rows.append(row)
         del models
     return rows
+
+
+def added(rows: list[dict], key: str = "backbone_ms", upsampler: str = "srf") -> dict[str, float]:
+    """arch -> ``row[key]`` of ``upsampler`` minus that of ``nearest`` for the same arch, over the rows of
+    :func:`measure` (or of a stored ``detector_cost.json``); arches without both rows are left out."""
+    base = {r["arch"]: r[key] for r in rows if r["upsampler"] == "nearest"}
+    return {r["arch"]: r[key] - base[r["arch"]] for r in rows if r["upsampler"] == upsampler and r["arch"] in base}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ups = [u.strip() for u in args.upsamplers.split(",") if u.strip()]
     if "nearest" not in ups:
         ups.insert(0, "nearest")
-    size = tuple(args.size) if args.size else None
+    prof, size, dev = _setting(args.profile, args.size, args.device)
     rows = measure(
         args.profile,
         size,
@@ -161,13 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.warmup,
         args.runs,
     )
-    from ..device import default_device
-    from ..profiles import get_profile
-
-    dev = default_device(args.device)
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
-    prof = get_profile(args.profile)
-    size = size or (prof.image_size, prof.max_size)
     print(
         f"detectors of profile {args.profile!r}, one {size[0]}x{size[1]} image per pass, {where}, median of "
         f"{args.runs} pass(es); paper: Titan Xp, detectron2, COCO images (Table 1; SRF rows reuse G)"

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import random
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import srfkit.models.peers  # noqa: F401  (registers dysample, dysample_dynamic, carafe)
-from srfkit.eval.cost import count_parameters
+from srfkit.eval.cost import count_parameters, time_interleaved
 from srfkit.fileio import write_json
 from srfkit.models import make_upsampler, upsampler_names
 
@@ -74,26 +72,23 @@ def benchmark(
     names = list(dict.fromkeys([REFERENCE, *names]))
     torch.manual_seed(seed)
     device = torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     modules = {name: make_upsampler(name, channels).eval().to(device) for name in names}
     steps = step_sizes(image_size)
     inputs = [(torch.randn(1, channels, i, i).to(device), (o, o)) for i, o in steps]
-    runs: dict[str, list[float]] = {name: [] for name in names}
-    rng = random.Random(seed)
+
+    def three_steps(module: nn.Module) -> None:
+        for x, size in inputs:
+            module(x, size=size)
+
     with torch.inference_mode():
-        for r in tqdm(range(warmup + repeats), desc=f"C={channels}", disable=not progress, leave=False):
-            order = list(modules)
-            rng.shuffle(order)
-            for name in order:
-                module = modules[name]
-                sync()
-                start = time.perf_counter()
-                for x, size in inputs:
-                    module(x, size=size)
-                sync()
-                elapsed = (time.perf_counter() - start) * 1e3
-                if r >= warmup:
-                    runs[name].append(elapsed)
+        runs = time_interleaved(
+            {name: (lambda m=module: three_steps(m)) for name, module in modules.items()},
+            device,
+            warmup,
+            repeats,
+            seed,
+            rounds=lambda it: tqdm(it, desc=f"C={channels}", disable=not progress, leave=False),
+        )
     reference = statistics.median(runs[REFERENCE])
     rows = []
     for name, module in modules.items():
