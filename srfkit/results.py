@@ -36,6 +36,7 @@ __all__ = [
     "valid_entries",
     "t_critical",
     "paired_difference",
+    "chance_reading",
     "aggregate",
     "update_cell",
     "merge_entry",
@@ -219,6 +220,31 @@ def paired_difference(rows: Mapping, row: str, baseline: str, iou: str = "bbox",
     low, high = mean - h, mean + h
     verdict = "gain" if low > 0 else "loss" if high < 0 else f"no detectable difference (within +-{h:.1f} AP)"
     return {**out, "mean": mean, "sd": sd, "half_width": h, "low": low, "high": high, "verdict": verdict}
+
+
+def chance_reading(comparisons: Mapping[str, Mapping], level: float = 0.95) -> dict:
+    """How many verdicts a set of paired comparisons would show by chance alone.
+
+    A 95% interval excludes zero in about one comparison in twenty where the two rows do not differ
+    at all, so a page of many comparisons shows some "gain" or "loss" verdicts even without any
+    effect. Comparisons that share seeds and rows are correlated: this is a guide, not a test.
+
+    Args:
+        comparisons: name -> :func:`paired_difference` output (one IoU type).
+        level: the intervals' coverage.
+
+    Returns:
+        ``{"n", "gains", "losses", "expected"}``: the comparisons with an interval (two or more
+        seeds), the names whose verdict is ``"gain"`` / ``"loss"`` (in the given order), and
+        ``(1 - level) * n``, the verdicts expected with no effect anywhere.
+    """
+    with_interval = {k: c for k, c in comparisons.items() if c.get("n", 0) >= 2 and c.get("verdict") != "no objects"}
+    return {
+        "n": len(with_interval),
+        "gains": [k for k, c in with_interval.items() if c["verdict"] == "gain"],
+        "losses": [k for k, c in with_interval.items() if c["verdict"] == "loss"],
+        "expected": (1 - level) * len(with_interval),
+    }
 
 
 def aggregate(per_seed: Mapping[str, dict]) -> dict:

@@ -158,6 +158,21 @@ def test_paired_difference_gives_the_t_interval_of_the_per_seed_differences():
         t_critical(0)
 
 
+def test_chance_reading_counts_verdicts_against_what_chance_alone_gives():
+    from srfkit.results import chance_reading, paired_difference
+
+    rows = _rows(
+        nearest=[10.0, 11.0, 12.0], up=[11.0, 12.1, 13.2], down=[8.0, 9.2, 9.9], flat=[10.5, 10.5, 12.5], one=[3.0]
+    )
+    found = {f"{r} - nearest": paired_difference(rows, r, "nearest") for r in ("up", "down", "flat", "one")}
+    reading = chance_reading(found)
+    assert reading["n"] == 3  # "one" has no interval
+    assert reading["gains"] == ["up - nearest"] and reading["losses"] == ["down - nearest"]
+    assert reading["expected"] == pytest.approx(0.15)
+    assert chance_reading({}) == {"n": 0, "gains": [], "losses": [], "expected": 0.0}
+    assert chance_reading(found, level=0.9)["expected"] == pytest.approx(0.3)
+
+
 def test_learning_curve_cells_land_one_by_one_and_resume(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     path = run_experiment("learning_curve", "quick", "shapes", runs_root=runs, results_root=results, progress=False)
