@@ -449,9 +449,14 @@ def test_plateau_reads_the_first_budget_within_tolerance_of_the_best():
                       "nearest@4000": row(42, 42), "srf@250": row(50, 50)}}  # fmt: skip
     p = plateau(entry)
     assert p["budgets"] == [250, 1000, 2000, 4000] and p["means"] == [5.0, 31.0, 41.0, 42.0]
-    assert p["best"] == 42.0 and p["first_within"] == 2000 and p["rising"] is False
+    assert p["best"] == 42.0 and p["best_at"] == 4000 and p["first_within"] == 2000 and p["rising"] is False
+    entry["rows"]["nearest@4000"] = row(42.5, 42.5)  # 1.5 AP over the last segment: within 2 of the best,
+    p = plateau(entry)  # but still moving by more than half the tolerance, so no plateau shown yet
+    assert p["first_within"] == 2000 and p["rising"] is True
     entry["rows"]["nearest@4000"] = row(50, 50)
     assert plateau(entry)["rising"] is True and plateau(entry)["first_within"] == 4000
+    entry["rows"]["nearest@4000"] = row(40, 40)  # a dip: the best stays at 2,000 steps
+    assert plateau(entry)["best_at"] == 2000 and plateau(entry)["rising"] is False
     assert plateau({"rows": {}})["first_within"] is None
     # a seed measured at some budgets only (a campaign in progress) stays out of the means
     entry["rows"]["nearest@250"]["per_seed"]["2"] = {"bbox": {"AP": 100.0}}

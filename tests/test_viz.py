@@ -381,7 +381,11 @@ def test_unmeasured_rows_and_regime_sentence():
                                               "nearest@4000": {"per_seed": seeds(72, 74)}}}}}  # fmt: skip
     text = regime_sentence(curve, "shapes", 2000)
     assert "trains 2,000 steps" in text and "below plateau (46.0 box AP there" in text and "13.5 AP per 1,000" in text
-    assert "learns faster" in text
+    assert "learns faster" in text and "best measured 73.0 at 4,000 steps, means of the 2 seed(s)" in text
+    curve["datasets"]["shapes"]["rows"]["nearest@8000"] = {"per_seed": seeds(72.5, 74.5)}  # flat: a plateau
+    text = regime_sentence(curve, "shapes", 4000)
+    assert "near plateau (73.0 box AP there; best measured 73.5 at 8,000" in text and "still rising" not in text
+    assert "final accuracy" in text
     assert regime_sentence(None, "shapes", 2000) == "" and regime_sentence(curve, "trees", 2000) == ""
 
 

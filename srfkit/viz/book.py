@@ -635,7 +635,9 @@ def regime_sentence(curve_doc: Mapping | None, dataset: str, budget: int) -> str
     if r["state"] == "unknown":
         return ""
     at = f" ({r['at_budget']:.1f} box AP there" if r["at_budget"] is not None else " (no curve point there"
-    slope = f", still rising {r['slope']:.1f} AP per 1,000 steps at {r['budgets'][-1]:,})" if r["slope"] else ")"
+    at += f"; best measured {r['best']:.1f} at {r['best_at']:,} steps"
+    at += f", means of the {len(r['seeds'])} seed(s) at every budget" if r["seeds"] else ""
+    slope = f", still rising {r['slope']:.1f} AP per 1,000 steps at {r['budgets'][-1]:,})" if r["rising"] else ")"
     if r["state"] == "below plateau":
         meaning = "a gain here says a row learns faster at this budget, not that it reaches a higher plateau."
     else:
