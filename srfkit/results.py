@@ -435,8 +435,10 @@ def paper_agreement(
         "high", "n", "verdict": ours, "status": ...}}``. ``status`` follows from our interval's verdict alone:
         ``"reproduced"`` (the paper's sign, or no difference where the paper's rows are equal within
         :data:`PAPER_EQUAL_AP`), ``"opposite"`` (a gain where the paper has a loss, or the reverse),
-        ``"differs"`` (a gain or loss where the paper's rows are equal), ``"undecided"`` (no detectable
-        difference where the paper has one: the interval cannot tell at this scale), ``"too few seeds"``
+        ``"differs"`` (a gain or loss where the paper's rows are equal), ``"excluded"`` (no detectable
+        difference, and the paper's difference lies outside our interval: an effect of the paper's size
+        did not appear at this scale), ``"undecided"`` (no detectable difference, with the paper's
+        difference inside our interval: it cannot tell at this scale), ``"too few seeds"``
         (one seed, or no objects) and ``"not in the paper"`` (a control: no paper row for one side).
     """
     index = list(columns).index(column)
@@ -462,7 +464,7 @@ def paper_agreement(
         elif paper_sign == 0:
             status = "differs"
         elif ours_sign == 0:
-            status = "undecided"
+            status = "undecided" if entry["low"] <= diff <= entry["high"] else "excluded"
         else:
             status = "opposite"
         out[name] = {**entry, "status": status}

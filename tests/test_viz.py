@@ -332,6 +332,11 @@ def test_paper_agreement_reads_each_comparison_against_the_papers_rows():
     assert got["A3 - A1"]["status"] == "opposite" and got["A3 - A1"]["paper"] == "A3 - A1"
     assert got["A5 - A1_matched"]["status"] == "undecided" and got["A5 - A1_matched"]["paper"] == "A5 - A1"
     assert got["A4 - A1_matched"]["status"] == "too few seeds"
+    # no detectable difference, but an interval too narrow to hold the paper's +2.6: not reproduced here
+    tight = {"A5": {"per_seed": seeds(10.1, 10.9, 12.0)}, "A1": rows["A1"]}
+    excluded = paper_agreement({"A5 - A1": paired_difference(tight, "A5", "A1")}, table["rows"], table["columns"])
+    assert excluded["A5 - A1"]["status"] == "excluded" and excluded["A5 - A1"]["high"] < 2.6
+    assert "**Not reproduced at this scale (no detectable difference;" in table_reading(excluded)
     assert got["A1_matched - A1"]["status"] == "not in the paper"  # both sides play the paper's A1
     # rows the paper prints as equal (Table 5: bilinear 0.0, bicubic -0.1 from nearest)
     t5 = paper_table("table5_interpolation")
@@ -342,7 +347,11 @@ def test_paper_agreement_reads_each_comparison_against_the_papers_rows():
     assert five["bilinear - nearest"]["status"] == "reproduced" and five["bicubic - nearest"]["status"] == "differs"
     text = table_reading(got, missing=["A4"], regime="At 2,000 steps.")
     assert text.startswith("**Reproduced:** A2 - A1 (paper +0.8; ours +6.2, 95% ")
-    assert "**Opposite to the paper:** A3 - A1" in text and "**Cannot be told at this scale:** A5 - A1_matched" in text
+    assert (
+        "**Opposite to the paper:** A3 - A1" in text
+        and "**Cannot be told at this scale (the paper's difference lies inside our interval):** A5 - A1_matched"
+        in text
+    )
     assert "**Not measured yet:** A4." in text and text.endswith("At 2,000 steps.")
     html = agreement_table(got).data
     assert "A5 - A1" in html and "undecided" in html and ">2.6</td>" in html

@@ -589,12 +589,15 @@ def agreement_table(agreement: Mapping[str, Mapping], caption: str = ""):
     return html_table(header, rows, caption=caption, digits=1)
 
 
-_READING_ORDER = ("reproduced", "opposite", "differs", "undecided", "too few seeds", "not in the paper")
+_READING_ORDER = ("reproduced", "opposite", "differs", "excluded", "undecided", "too few seeds", "not in the paper")
 _READING_WORDS = {
     "reproduced": "Reproduced",
     "opposite": "Opposite to the paper",
     "differs": "Not reproduced (the paper's rows are equal, ours differ)",
-    "undecided": "Cannot be told at this scale",
+    "excluded": (
+        "Not reproduced at this scale (no detectable difference; the paper's difference lies outside our interval)"
+    ),
+    "undecided": "Cannot be told at this scale (the paper's difference lies inside our interval)",
     "too few seeds": "Too few seeds for an interval",
     "not in the paper": "Controls not in the paper",
 }
