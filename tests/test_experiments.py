@@ -452,7 +452,7 @@ def test_plateau_reads_the_first_budget_within_tolerance_of_the_best():
     assert p["best"] == 42.0 and p["best_at"] == 4000 and p["first_within"] == 2000 and p["rising"] is False
     entry["rows"]["nearest@4000"] = row(42.5, 42.5)  # 1.5 AP over the last segment: within 2 of the best,
     p = plateau(entry)  # but still moving by more than half the tolerance, so no plateau shown yet
-    assert p["first_within"] == 2000 and p["rising"] is True
+    assert p["first_within"] == 2000 and p["last_gain"] == 1.5 and p["rising"] is True
     entry["rows"]["nearest@4000"] = row(50, 50)
     assert plateau(entry)["rising"] is True and plateau(entry)["first_within"] == 4000
     entry["rows"]["nearest@4000"] = row(40, 40)  # a dip: the best stays at 2,000 steps
