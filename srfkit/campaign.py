@@ -31,7 +31,7 @@ from .experiments import (
     run_cell,
 )
 from .profiles import Profile, get_profile
-from .results import load_result, results_path
+from .results import load_result, refresh_comparisons, results_path
 
 __all__ = [
     "DETECTRON2_EXPERIMENTS",
@@ -42,6 +42,7 @@ __all__ = [
     "parse_budgets",
     "select_rows",
     "stage_plan",
+    "refresh_tables",
     "run_campaign",
     "configure_parser",
     "run_from_args",
@@ -201,6 +202,20 @@ def stage_plan(cells: list[PlannedCell]) -> dict[Path, dict]:
     return record
 
 
+def refresh_tables(cells: list[PlannedCell]) -> list[Path]:
+    """Recompute the stored paired comparisons of each planned table whose list of comparisons changed
+    since its cells were written (:func:`srfkit.results.refresh_comparisons`; nothing is retrained).
+    Returns the result files rewritten."""
+    tables = {(pc.cell.experiment, pc.cell.dataset): pc for pc in cells}
+    return [
+        results_path(pc.context.profile.name, experiment, pc.context.results_root)
+        for (experiment, dataset), pc in tables.items()
+        if refresh_comparisons(
+            pc.context.profile.name, experiment, dataset, pc.table.comparisons, pc.context.results_root
+        )
+    ]
+
+
 def run_campaign(
     cells: list[PlannedCell], worker: int = 0, workers: int = 1, commit: bool = False, max_hours: float | None = None
 ) -> int:
@@ -209,7 +224,12 @@ def run_campaign(
     A worker takes the seeds whose index in the profile's seed list is ``worker`` modulo ``workers``.
     ``commit=True`` commits each result file to git as its cell lands. ``max_hours``: start no new cell
     once that much wall time has passed (the first cell always runs; a cell in progress finishes).
+    First the planned tables' stored comparisons are brought up to date (:func:`refresh_tables`).
     """
+    for path in refresh_tables(cells):
+        print(f"[worker {worker}] {path.name}: stored comparisons brought up to the table's list", flush=True)
+        if commit:
+            _git_commit(path, f"{path.parent.name} results: {path.stem} comparisons recomputed from stored cells")
     t0, ran = time.perf_counter(), 0
     for pc in cells:
         seeds = pc.context.profile.seeds

@@ -425,7 +425,8 @@ def interpolation(ctx: ExperimentContext) -> Table:
     ``nearest_conv`` (nearest plus a block as large as G: capacity without learned upsampling),
     ``A1_matched`` (nearest trained as long as ``srf_M``'s backbone) and ``nearest_M`` (the whole
     method with nearest instead of G). Every row is compared with nearest; ``srf_M`` also with the
-    budget-matched ``A1_matched`` and with ``nearest_M``, and ``srf_G`` with ``srf_scratch``.
+    budget-matched ``A1_matched`` and with ``nearest_M``, ``srf_G`` with ``srf_scratch``, and
+    ``srf_scratch`` with ``nearest_conv``.
     """
     rows: dict[str, Callable[[Runs], Path]] = {name: (lambda r, n=name: r.detector(n)) for name in PLAIN_UPSAMPLERS}
     rows["srf_scratch"] = lambda r: r.detector("srf")
@@ -438,6 +439,7 @@ def interpolation(ctx: ExperimentContext) -> Table:
     rows["nearest_M"] = lambda r: r.target("M", extractor=r.extractor(upsampler="nearest"))
     comparisons = [(row, "nearest") for row in rows if row != "nearest"]
     comparisons += [("srf_M", "A1_matched"), ("srf_M", "nearest_M"), ("srf_G", "srf_scratch")]
+    comparisons += [("srf_scratch", "nearest_conv")]  # a learned upsampler against the same capacity after nearest
     return Table(rows, tuple(comparisons))
 
 

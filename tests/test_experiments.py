@@ -423,6 +423,37 @@ def test_a_cell_of_new_settings_drops_the_seeds_of_old_ones(tmp_path):
     assert set(entry["rows"]) == {"A1"} and list(entry["rows"]["A1"]["per_seed"]) == ["2"]
 
 
+def test_a_comparison_added_to_a_table_after_its_cells_landed_is_computed_without_retraining(tmp_path):
+    """Table 5 gained ``srf_scratch - nearest_conv`` after cells of both rows were written: the campaign
+    recomputes the stored comparisons from the rows at its start, and rewrites nothing when they agree."""
+    from srfkit.campaign import plan, refresh_tables
+    from srfkit.results import refresh_comparisons, update_cell
+
+    res = tmp_path / "res"
+    old_pairs = [("srf_scratch", "nearest"), ("nearest_conv", "nearest")]
+    aps = {"nearest": (10.0, 11.0, 12.0), "srf_scratch": (12.0, 12.5, 14.5), "nearest_conv": (10.5, 11.0, 12.5)}
+    for row, values in aps.items():
+        for seed, ap in enumerate(values):
+            update_cell("quick", "interpolation", "shapes", row, seed, {"bbox": {"AP": ap}}, {"fingerprint": "f"},
+                        comparisons=old_pairs, root=res)  # fmt: skip
+    path = res / "quick" / "interpolation.json"
+    assert (
+        "srf_scratch - nearest_conv"
+        not in load_result("quick", "interpolation", res)["datasets"]["shapes"]["comparisons"]
+    )
+    cells = plan("quick", ["shapes"], ["interpolation"], {"interpolation": 3}, tmp_path / "r", res)
+    assert ("srf_scratch", "nearest_conv") in cells[0].table.comparisons
+    assert refresh_tables(cells) == [path]
+    entry = load_result("quick", "interpolation", res)["datasets"]["shapes"]
+    new = entry["comparisons"]["srf_scratch - nearest_conv"]["bbox"]
+    assert new["diffs"] == [1.5, 1.5, 2.0] and new["n"] == 3
+    assert entry["comparisons"]["srf_scratch - nearest"]["bbox"]["diffs"] == [2.0, 1.5, 2.5]  # kept, recomputed
+    assert entry["rows"]["nearest"]["per_seed"]["2"] == {"bbox": {"AP": 12.0}}  # cells untouched
+    stamp = path.stat().st_mtime_ns
+    assert refresh_tables(cells) == [] and path.stat().st_mtime_ns == stamp  # up to date: not rewritten
+    assert not refresh_comparisons("quick", "progressive", "shapes", [("A2", "A1")], res)  # no file: nothing
+
+
 def test_a_mask_cell_landing_beside_box_only_rows_compares_each_pair_on_what_both_measured(tmp_path):
     """Table 3: a Mask R-CNN cell lands while RetinaNet rows (no masks) are already in the file."""
     from srfkit.results import update_cell
