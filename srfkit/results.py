@@ -37,6 +37,7 @@ __all__ = [
     "t_critical",
     "paired_difference",
     "chance_reading",
+    "seeds_for_half_width",
     "aggregate",
     "update_cell",
     "merge_entry",
@@ -220,6 +221,23 @@ def paired_difference(rows: Mapping, row: str, baseline: str, iou: str = "bbox",
     low, high = mean - h, mean + h
     verdict = "gain" if low > 0 else "loss" if high < 0 else f"no detectable difference (within +-{h:.1f} AP)"
     return {**out, "mean": mean, "sd": sd, "half_width": h, "low": low, "high": high, "verdict": verdict}
+
+
+def seeds_for_half_width(sd: float, target: float, most: int = 200) -> int | None:
+    """How many paired seeds give a 95% t-interval of half width ``target`` AP, if the per-seed
+    differences keep the spread ``sd`` measured so far: the least ``n >= 2`` with
+    ``t(n - 1) * sd / sqrt(n) <= target``. ``None`` when ``sd`` is not finite (fewer than two seeds)
+    or when more than ``most`` seeds would be needed. A planning figure: ``sd`` from a few seeds is
+    itself uncertain.
+    """
+    if target <= 0:
+        raise ValueError(f"seeds_for_half_width needs a positive target, got {target}")
+    if not math.isfinite(sd):
+        return None
+    for n in range(2, most + 1):
+        if t_critical(n - 1) * sd / math.sqrt(n) <= target:
+            return n
+    return None
 
 
 def chance_reading(comparisons: Mapping[str, Mapping], level: float = 0.95) -> dict:

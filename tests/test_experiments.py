@@ -173,6 +173,24 @@ def test_chance_reading_counts_verdicts_against_what_chance_alone_gives():
     assert chance_reading(found, level=0.9)["expected"] == pytest.approx(0.3)
 
 
+def test_seeds_for_half_width_is_the_least_n_whose_t_interval_is_that_narrow():
+    from srfkit.results import paired_difference, seeds_for_half_width, t_critical
+
+    # sd 1.2: n = 8 gives 2.365 * 1.2 / sqrt(8) = 1.003 (too wide), n = 9 gives 2.306 * 1.2 / 3 = 0.922
+    assert seeds_for_half_width(1.2, 1.0) == 9
+    for sd, target in ((0.7, 2.0), (1.4, 1.0), (3.3, 2.0), (2.0, 0.5)):
+        n = seeds_for_half_width(sd, target)
+        assert t_critical(n - 1) * sd / math.sqrt(n) <= target < t_critical(n - 2) * sd / math.sqrt(n - 1)
+    assert seeds_for_half_width(0.0, 1.0) == 2  # no spread: two seeds already give a zero-width interval
+    assert seeds_for_half_width(math.nan, 1.0) is None  # one seed: no spread to plan with
+    assert seeds_for_half_width(50.0, 0.1) is None  # beyond `most`
+    with pytest.raises(ValueError, match="positive"):
+        seeds_for_half_width(1.0, 0.0)
+    # consistent with the interval paired_difference reports for the same spread
+    c = paired_difference(_rows(a=[10.0, 11.0, 12.0, 13.0], b=[9.0, 11.5, 10.0, 12.5]), "a", "b")
+    assert seeds_for_half_width(c["sd"], c["half_width"]) == c["n"]
+
+
 def test_learning_curve_cells_land_one_by_one_and_resume(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     path = run_experiment("learning_curve", "quick", "shapes", runs_root=runs, results_root=results, progress=False)
