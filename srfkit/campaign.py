@@ -42,6 +42,8 @@ __all__ = [
     "parse_budgets",
     "select_rows",
     "stage_plan",
+    "cell_steps",
+    "measured_seconds_per_step",
     "refresh_tables",
     "run_campaign",
     "configure_parser",
@@ -148,8 +150,6 @@ def remaining(cells: list[PlannedCell], seconds_per_step: float | None = None) -
     checkpoint). Hours are those steps times ``seconds_per_step``, by default the mean measured wall
     time per step of the stage folders that exist (their ``metrics.jsonl``); evaluation is not counted.
     """
-    from .train.loop import summarize_metrics
-
     left = [pc for pc in cells if not pc.done()]
     plan, owner = stage_plan(left), {}
     for pc in left:  # which experiment first needs each folder
@@ -158,9 +158,7 @@ def remaining(cells: list[PlannedCell], seconds_per_step: float | None = None) -
         for folder in record:
             owner.setdefault(folder, pc.cell.experiment)
     if seconds_per_step is None:
-        rates = [summarize_metrics(f / "metrics.jsonl")[1].get("time_per_step_s") for f in plan]
-        rates = [r for r in rates if r]
-        seconds_per_step = statistics.fmean(rates) if rates else None
+        seconds_per_step = measured_seconds_per_step(plan)
     lines, total_steps = [], 0
     for experiment in dict.fromkeys(pc.cell.experiment for pc in cells):
         n_left = sum(pc.cell.experiment == experiment for pc in left)
@@ -175,6 +173,22 @@ def remaining(cells: list[PlannedCell], seconds_per_step: float | None = None) -
     else:
         head += " (no step measured yet: no time estimate; python -m srfkit.bench.stages measures one)"
     return left, "\n".join([head, *lines])
+
+
+def measured_seconds_per_step(folders) -> float | None:
+    """The mean measured wall time per training step of the stage folders that exist (their
+    ``metrics.jsonl``), ``None`` when none has any."""
+    from .train.loop import summarize_metrics
+
+    rates = [summarize_metrics(Path(f) / "metrics.jsonl")[1].get("time_per_step_s") for f in folders]
+    rates = [r for r in rates if r]
+    return statistics.fmean(rates) if rates else None
+
+
+def cell_steps(pc: PlannedCell) -> int:
+    """Training steps the cell still needs: what is left of every stage folder of its seed's chain
+    (0 for a finished cell or one whose folders are all trained)."""
+    return sum(info["left"] for info in stage_plan([pc]).values())
 
 
 def stage_plan(cells: list[PlannedCell]) -> dict[Path, dict]:
@@ -217,15 +231,32 @@ def refresh_tables(cells: list[PlannedCell]) -> list[Path]:
 
 
 def run_campaign(
-    cells: list[PlannedCell], worker: int = 0, workers: int = 1, commit: bool = False, max_hours: float | None = None
+    cells: list[PlannedCell],
+    worker: int = 0,
+    workers: int = 1,
+    commit: bool = False,
+    max_hours: float | None = None,
+    fit_hours: float | None = None,
+    seconds_per_step: float | None = None,
 ) -> int:
     """Run this worker's cells that are not done, in order; returns how many it ran.
 
     A worker takes the seeds whose index in the profile's seed list is ``worker`` modulo ``workers``.
     ``commit=True`` commits each result file to git as its cell lands. ``max_hours``: start no new cell
     once that much wall time has passed (the first cell always runs; a cell in progress finishes).
+    ``fit_hours``: for a sitting that ends (and may lose its stage folders) after that many hours,
+    start only cells whose training (:func:`cell_steps` times ``seconds_per_step``, by default the
+    step time measured in this machine's stage folders) fits in the time left; a cell that does not
+    fit is skipped, and later ones that do are run. Evaluation is not counted: leave a margin.
     First the planned tables' stored comparisons are brought up to date (:func:`refresh_tables`).
     """
+    if fit_hours is not None and seconds_per_step is None:
+        seconds_per_step = measured_seconds_per_step(stage_plan(cells))
+        if seconds_per_step is None:
+            raise ValueError(
+                "--fit-hours needs a step time: no stage folder here has one yet; pass --step-seconds "
+                "(python -m srfkit.bench.stages measures it)"
+            )
     for path in refresh_tables(cells):
         print(f"[worker {worker}] {path.name}: stored comparisons brought up to the table's list", flush=True)
         if commit:
@@ -238,6 +269,12 @@ def run_campaign(
         if ran and max_hours is not None and time.perf_counter() - t0 > max_hours * 3600:
             break
         c = pc.cell
+        if fit_hours is not None:
+            need, left = cell_steps(pc) * seconds_per_step, fit_hours * 3600 - (time.perf_counter() - t0)
+            if need > left:
+                print(f"[worker {worker}] skipped {c.experiment} / {c.row} / seed {c.seed}: its training needs "
+                      f"~{need / 3600:.2f} h, {max(left, 0) / 3600:.2f} h left", flush=True)  # fmt: skip
+                continue
         print(f"[worker {worker}] {c.experiment} / {c.dataset} / {c.row} / seed {c.seed}", flush=True)
         metrics = run_cell(pc.context, pc.table, c)
         ran += 1
@@ -311,6 +348,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--commit", action="store_true", help="git-commit each result file as its cell lands")
     p.add_argument("--max-hours", type=float, default=None, help="start no new cell after this many hours")
+    p.add_argument(
+        "--fit-hours",
+        type=float,
+        default=None,
+        help="the sitting ends after this many hours: start only cells whose training fits in the time left",
+    )
+    p.add_argument(
+        "--step-seconds",
+        type=float,
+        default=None,
+        help="seconds per training step for --fit-hours and --plan [measured in the stage folders here]",
+    )
     p.add_argument("--weights-backbone", type=Path, metavar="PATH", help="local ResNet state dict (paper profile)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -335,13 +384,21 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     if args.rows:
         cells = select_rows(cells, args.rows.split(","))
-    _, report = remaining(cells)
+    _, report = remaining(cells, args.step_seconds)
     print(report, flush=True)
     if args.plan:
         return 0
     if not 0 <= args.worker < args.workers:
         raise ValueError(f"--worker {args.worker} is not in 0..{args.workers - 1}")
-    ran = run_campaign(cells, args.worker, args.workers, commit=args.commit, max_hours=args.max_hours)
+    ran = run_campaign(
+        cells,
+        args.worker,
+        args.workers,
+        commit=args.commit,
+        max_hours=args.max_hours,
+        fit_hours=args.fit_hours,
+        seconds_per_step=args.step_seconds,
+    )
     print(f"[worker {args.worker}] ran {ran} cells", flush=True)
     print(remaining(cells)[1], flush=True)
     return 0

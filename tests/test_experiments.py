@@ -382,6 +382,25 @@ def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, 
     assert not (tmp_path / "r" / "quick" / "shapes" / "seed0" / "curve_srf").exists()  # planning trains nothing
 
 
+def test_campaign_fit_hours_starts_only_cells_whose_chain_fits_the_sitting(tmp_path, capsys):
+    """A sitting that ends (and may lose its stage folders) runs the cells it can finish, not one it
+    would leave half-trained."""
+    from srfkit.campaign import cell_steps, plan, run_campaign
+
+    cells = plan("quick", ["shapes"], ["progressive"], {"progressive": 1}, tmp_path / "r", tmp_path / "res")
+    steps = {pc.cell.row: cell_steps(pc) for pc in cells}
+    # A1 is the 6-step guide; A5 needs guide, stage 1, extractor and target (6 each); A1_matched 2 x 6 from scratch
+    assert steps["A1"] == 6 and steps["A5"] == 24 and steps["A1_matched"] == 12
+    with pytest.raises(ValueError, match="--step-seconds"):  # nothing measured on this machine yet
+        run_campaign(cells, fit_hours=1.0)
+    a5, a1 = (next(pc for pc in cells if pc.cell.row == r) for r in ("A5", "A1"))
+    assert run_campaign([a5, a1], fit_hours=10 / 3600, seconds_per_step=1.0) == 1  # A5 (24 s) skipped, A1 (6 s) ran
+    out = capsys.readouterr().out
+    assert "skipped progressive / A5 / seed 0: its training needs ~0.01 h" in out
+    assert a1.done() and not a5.done()
+    assert cell_steps(a1) == 0 and cell_steps(a5) == 18  # the guide is trained now: A5 needs the rest
+
+
 def test_campaign_curve_budgets_shorten_the_curve_and_keep_the_cells_fingerprint(tmp_path, capsys):
     from srfkit.campaign import parse_budgets, plan
     from srfkit.cli import main
