@@ -142,8 +142,14 @@ def select_rows(cells: list[PlannedCell], rows: list[str]) -> list[PlannedCell]:
     return [pc for pc in cells if pc.cell.row in rows]
 
 
-def remaining(cells: list[PlannedCell], seconds_per_step: float | None = None) -> tuple[list[PlannedCell], str]:
+def remaining(
+    cells: list[PlannedCell], seconds_per_step: float | None = None, by_row: bool = False
+) -> tuple[list[PlannedCell], str]:
     """The cells still to run and a report: cells and training steps left per experiment, and hours.
+
+    ``by_row`` adds a line per row with cells left: how many, and the longest chain one of them still
+    needs on its own (:func:`cell_steps`), which is what a sitting of fixed length (``--fit-hours``) can
+    or cannot finish.
 
     Steps come from :func:`stage_plan` (each stage folder counted once, for the first experiment that
     needs it; finished folders cost nothing, unfinished ones what is left after their newest
@@ -167,6 +173,15 @@ def remaining(cells: list[PlannedCell], seconds_per_step: float | None = None) -
         total_steps += steps
         hours = f"~{steps * seconds_per_step / 3600:6.2f} h" if seconds_per_step else "      ? h"
         lines.append(f"  {experiment:<16} {n_all - n_left:>4} done {n_left:>4} left {steps:>8,} steps {hours}")
+        if by_row:
+            chains: dict[str, list[int]] = {}
+            for pc in left:
+                if pc.cell.experiment == experiment:
+                    chains.setdefault(pc.cell.row, []).append(cell_steps(pc))
+            for row, need in chains.items():
+                longest = f" (~{max(need) * seconds_per_step / 3600:.2f} h)" if seconds_per_step else ""
+                most = f"{max(need):>7,} steps{longest}"
+                lines.append(f"    {row:<22} {len(need):>3} left; one cell's chain at most {most}")
     head = f"campaign: {len(cells) - len(left)} of {len(cells)} cells done; {total_steps:,} training steps left"
     if seconds_per_step:
         head += f", about {total_steps * seconds_per_step / 3600:.1f} process-hours at {seconds_per_step:.2f} s/step"
@@ -332,7 +347,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where stage folders go [%(default)s]")
     p.add_argument("--worker", type=int, default=0, help="this process's index among --workers [%(default)s]")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the campaign (seeds split) [%(default)s]")
-    p.add_argument("--plan", action="store_true", help="print what remains and the estimate, run nothing")
+    p.add_argument(
+        "--plan", action="store_true", help="print what remains (per experiment and row) and the estimate, run nothing"
+    )
     p.add_argument(
         "--rows",
         default=None,
@@ -384,7 +401,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     if args.rows:
         cells = select_rows(cells, args.rows.split(","))
-    _, report = remaining(cells, args.step_seconds)
+    _, report = remaining(cells, args.step_seconds, by_row=args.plan)
     print(report, flush=True)
     if args.plan:
         return 0

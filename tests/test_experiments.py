@@ -385,7 +385,7 @@ def test_campaign_plans_seed_by_seed_and_splits_seeds_between_workers(tmp_path, 
 def test_campaign_fit_hours_starts_only_cells_whose_chain_fits_the_sitting(tmp_path, capsys):
     """A sitting that ends (and may lose its stage folders) runs the cells it can finish, not one it
     would leave half-trained."""
-    from srfkit.campaign import cell_steps, plan, run_campaign
+    from srfkit.campaign import cell_steps, plan, remaining, run_campaign
 
     cells = plan("quick", ["shapes"], ["progressive"], {"progressive": 1}, tmp_path / "r", tmp_path / "res")
     steps = {pc.cell.row: cell_steps(pc) for pc in cells}
@@ -399,6 +399,9 @@ def test_campaign_fit_hours_starts_only_cells_whose_chain_fits_the_sitting(tmp_p
     assert "skipped progressive / A5 / seed 0: its training needs ~0.01 h" in out
     assert a1.done() and not a5.done()
     assert cell_steps(a1) == 0 and cell_steps(a5) == 18  # the guide is trained now: A5 needs the rest
+    report = remaining(cells, seconds_per_step=360.0, by_row=True)[1]  # --plan's per-row lines
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in report.splitlines() if line.startswith("    ")}
+    assert rows["A5"] == "1 left; one cell's chain at most 18 steps (~1.80 h)" and "A1" not in rows  # A1 is done
 
 
 def test_campaign_curve_budgets_shorten_the_curve_and_keep_the_cells_fingerprint(tmp_path, capsys):
